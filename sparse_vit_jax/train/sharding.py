@@ -1,0 +1,55 @@
+"""Device mesh and shardings: data parallel by default, FSDP optional.
+
+The mesh has two axes, ``data`` and ``fsdp``; batches are split over both. A param is sharded
+over ``fsdp`` on its largest dimension that the axis divides (big_vision's rule) when it is big
+enough to matter, otherwise replicated. The rule is a function of the shape alone, so masks
+and Adam moments — same shapes as their params — are sharded exactly like their params.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+from jax.experimental import mesh_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+DATA_AXES = ('data', 'fsdp')
+
+
+def make_mesh(mesh_config: Any) -> Mesh:
+  """A (data, fsdp) mesh over all devices; data=-1 takes whatever fsdp leaves."""
+  devices = jax.device_count()
+  fsdp = mesh_config.fsdp
+  data = mesh_config.data if mesh_config.data > 0 else devices // fsdp
+  if data * fsdp != devices:
+    raise ValueError(f'mesh data={mesh_config.data} × fsdp={fsdp} does not match the '
+                     f'{devices} devices; set config.mesh.data=-1 or make the product {devices}')
+  # Auto axis types: classic GSPMD propagation (jax.make_mesh defaults to explicit types now).
+  return Mesh(mesh_utils.create_device_mesh((data, fsdp)), DATA_AXES)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P(DATA_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def fsdp_spec(shape: tuple[int, ...], fsdp: int, min_size: int = 2 ** 18) -> P:
+  """Shards the largest dimension `fsdp` divides, for arrays of at least `min_size` elements."""
+  if fsdp == 1 or int(np.prod(shape, dtype=np.int64)) < min_size:
+    return P()
+  for dim in sorted(range(len(shape)), key=lambda d: -shape[d]):
+    if shape[dim] % fsdp == 0:
+      return P(*[('fsdp' if d == dim else None) for d in range(len(shape))])
+  return P()
+
+
+def state_shardings(abstract_state: Any, mesh: Mesh) -> Any:
+  """Shardings for every leaf of a (train) state, by the shape rule above."""
+  fsdp = mesh.shape['fsdp']
+  return jax.tree.map(lambda x: NamedSharding(mesh, fsdp_spec(tuple(x.shape), fsdp)),
+                      abstract_state)
