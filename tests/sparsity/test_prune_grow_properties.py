@@ -96,8 +96,14 @@ def layers(draw, nonzero_grads=False):
     return w, g, mask, draw(rates)
 
 
+# Jitted once per (shape, exact): much faster than eager dispatch over many examples.
+_jitted_prune_grow = jax.jit(magnitude_prune_gradient_grow, static_argnames="exact")
+_jitted_neurons = jax.jit(neuron_prune_grow, static_argnames="exact")
+_jitted_heads = jax.jit(head_prune_grow)
+
+
 def prune_grow(w, g, m, rate, exact=False):
-    return np.asarray(magnitude_prune_gradient_grow(w, g, m, rate, exact=exact))
+    return np.asarray(_jitted_prune_grow(w, g, m, np.float32(rate), exact=exact))
 
 
 # ----------------------------------------------------------------------------- unstructured
@@ -196,7 +202,7 @@ def blocks(draw):
 @given(blocks(), st.booleans())
 def test_neurons_match_restatement(block, exact):
     (fc1, fc2, g1, g2, mask), _, rate = block
-    got = np.asarray(neuron_prune_grow(fc1, fc2, g1, g2, mask, rate, exact=exact))
+    got = np.asarray(_jitted_neurons(fc1, fc2, g1, g2, mask, np.float32(rate), exact=exact))
     np.testing.assert_array_equal(got, reference_neurons(fc1, fc2, g1, g2, mask, rate, exact))
     if exact:
         assert int(got.sum()) == int(mask.sum())
@@ -206,6 +212,6 @@ def test_neurons_match_restatement(block, exact):
 @given(blocks())
 def test_heads_match_restatement_and_preserve_count(block):
     _, (taylor, gnorm, head_mask), rate = block
-    got = np.asarray(head_prune_grow(taylor, gnorm, head_mask, rate))
+    got = np.asarray(_jitted_heads(taylor, gnorm, head_mask, np.float32(rate)))
     np.testing.assert_array_equal(got, reference_heads(taylor, gnorm, head_mask, rate))
     assert int(got.sum()) == int(head_mask.sum())
