@@ -21,120 +21,194 @@ FIDELITIES = ('reference', 'improved')
 
 
 def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
-  """Parses 'a=1,b=x' into a ConfigDict typed by `defaults`; unknown keys are errors."""
-  parsed = dict(defaults)
-  for item in filter(None, (arg or '').split(',')):
-    key, sep, raw = item.partition('=')
-    key = key.strip()
-    if key not in defaults:
-      raise ValueError(f'unknown config arg {key!r}; valid args: {", ".join(sorted(defaults))}')
-    default = defaults[key]
-    if not sep:
-      value = True if isinstance(default, bool) else None
-      if value is None:
-        raise ValueError(f'config arg {key!r} needs a value, e.g. {key}={default}')
-    elif isinstance(default, str):
-      value = raw
-    else:
-      try:
-        value = ast.literal_eval(raw)
-      except (ValueError, SyntaxError):
-        raise ValueError(f'config arg {key}={raw!r} is not a valid {type(default).__name__}') from None
-      if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-      if type(value) is not type(default):
-        raise ValueError(f'config arg {key}={raw!r} must be a {type(default).__name__}')
-    parsed[key] = value
-  return ml_collections.ConfigDict(parsed)
+    """Parses 'a=1,b=x' into a ConfigDict typed by `defaults`; unknown keys are errors."""
+    parsed = dict(defaults)
+    for item in filter(None, (arg or '').split(',')):
+        key, sep, raw = item.partition('=')
+        key = key.strip()
+        if key not in defaults:
+            raise ValueError(
+                f'unknown config arg {key!r}; valid args: {", ".join(sorted(defaults))}'
+            )
+        default = defaults[key]
+        if not sep:
+            value = True if isinstance(default, bool) else None
+            if value is None:
+                raise ValueError(f'config arg {key!r} needs a value, e.g. {key}={default}')
+        elif isinstance(default, str):
+            value = raw
+        else:
+            try:
+                value = ast.literal_eval(raw)
+            except (ValueError, SyntaxError):
+                raise ValueError(
+                    f'config arg {key}={raw!r} is not a valid {type(default).__name__}'
+                ) from None
+            if (
+                isinstance(default, float)
+                and isinstance(value, int)
+                and not isinstance(value, bool)
+            ):
+                value = float(value)
+            if type(value) is not type(default):
+                raise ValueError(f'config arg {key}={raw!r} must be a {type(default).__name__}')
+        parsed[key] = value
+    return ml_collections.ConfigDict(parsed)
 
 
 def model_config(name: str, **overrides: Any) -> ml_collections.ConfigDict:
-  """The model section: the registered name plus every constructor field, overridable."""
-  kwargs = model_kwargs(name, **overrides)
-  kwargs.setdefault('head_dim', 0)
-  return ml_collections.ConfigDict(dict(name=ALIASES.get(name, name), dtype='float32', **kwargs))
+    """The model section: the registered name plus every constructor field, overridable."""
+    kwargs = model_kwargs(name, **overrides)
+    kwargs.setdefault('head_dim', 0)
+    return ml_collections.ConfigDict(dict(name=ALIASES.get(name, name), dtype='float32', **kwargs))
 
 
 def base_config() -> ml_collections.ConfigDict:
-  """Defaults: the DeiT recipe on ImageNet (REFERENCE.md §4) with every method switched off."""
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-  c.model = model_config('deit_small_patch16_224')
-  c.data = ml_collections.ConfigDict(dict(
-      name='imagenet2012', data_dir=config_dict.placeholder(str), train_split='train',
-      eval_split='validation', recipe='deit', shuffle_buffer=25_000, repeats=3,
-      eval_batch_size=768, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
-      augment=dict(crop_padding=0, flip=True, randaugment='rand-m9-mstd0.5-inc1',
-                   reprob=0.25, crop_pct=0.875)))
-  c.batch_size = 512
-  c.num_epochs = 600.0
-  c.optimizer = ml_collections.ConfigDict(dict(
-      lr=5e-4, lr_base_batch=512, weight_decay=0.05, b1=0.9, b2=0.999, eps=1e-8,
-      warmup_epochs=5.0, warmup_lr=1e-6, min_lr=1e-5, grad_clip_norm=0.0))
-  c.label_smoothing = 0.1
-  c.mixup = ml_collections.ConfigDict(dict(mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0,
-                                           switch_prob=0.5))
-  c.ema_decay = 0.0
-  c.sparsity = ml_collections.ConfigDict(dict(
-      method='dense', fidelity='reference', density=1.0, distribution='erk',
-      update_every=15_000, update_every_batch=512, t_end=0.8,
-      prune_rate=0.5, final_prune_rate=0.005, head_density=1.0, neuron_density=1.0))
-  c.tokens = ml_collections.ConfigDict(dict(
-      keep=0, mode='drop', eval_mode='topk', layerwise=False, tau_start=10.0, tau_end=0.1))
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
-  c.log_every_steps = 100
-  c.eval_every_epochs = 10.0
-  c.checkpoint_every_steps = 5000
-  c.keep_checkpoints = 3
-  return c
+    """Defaults: the DeiT recipe on ImageNet (REFERENCE.md §4) with every method switched off."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.model = model_config('deit_small_patch16_224')
+    c.data = ml_collections.ConfigDict(
+        dict(
+            name='imagenet2012',
+            data_dir=config_dict.placeholder(str),
+            train_split='train',
+            eval_split='validation',
+            recipe='deit',
+            shuffle_buffer=25_000,
+            repeats=3,
+            eval_batch_size=768,
+            mean=(0.485, 0.456, 0.406),
+            std=(0.229, 0.224, 0.225),
+            augment=dict(
+                crop_padding=0,
+                flip=True,
+                randaugment='rand-m9-mstd0.5-inc1',
+                reprob=0.25,
+                crop_pct=0.875,
+            ),
+        )
+    )
+    c.batch_size = 512
+    c.num_epochs = 600.0
+    c.optimizer = ml_collections.ConfigDict(
+        dict(
+            lr=5e-4,
+            lr_base_batch=512,
+            weight_decay=0.05,
+            b1=0.9,
+            b2=0.999,
+            eps=1e-8,
+            warmup_epochs=5.0,
+            warmup_lr=1e-6,
+            min_lr=1e-5,
+            grad_clip_norm=0.0,
+        )
+    )
+    c.label_smoothing = 0.1
+    c.mixup = ml_collections.ConfigDict(
+        dict(mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5)
+    )
+    c.ema_decay = 0.0
+    c.sparsity = ml_collections.ConfigDict(
+        dict(
+            method='dense',
+            fidelity='reference',
+            density=1.0,
+            distribution='erk',
+            update_every=15_000,
+            update_every_batch=512,
+            t_end=0.8,
+            prune_rate=0.5,
+            final_prune_rate=0.005,
+            head_density=1.0,
+            neuron_density=1.0,
+        )
+    )
+    c.tokens = ml_collections.ConfigDict(
+        dict(keep=0, mode='drop', eval_mode='topk', layerwise=False, tau_start=10.0, tau_end=0.1)
+    )
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
+    c.log_every_steps = 100
+    c.eval_every_epochs = 10.0
+    c.checkpoint_every_steps = 5000
+    c.keep_checkpoints = 3
+    return c
 
 
 def _check(ok: bool, message: str) -> None:
-  if not ok:
-    raise ValueError(message)
+    if not ok:
+        raise ValueError(message)
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
-  """Rejects out-of-range values with a message that names the field and the fix."""
-  name = ALIASES.get(c.model.name, c.model.name)
-  _check(name in MODEL_CONFIGS, f'config.model.name={c.model.name!r} is not a registered model; '
-         f'choose one of {sorted(MODEL_CONFIGS)}')
-  _check(c.batch_size > 0, f'config.batch_size must be positive, got {c.batch_size}')
-  _check(c.num_epochs > 0, f'config.num_epochs must be positive, got {c.num_epochs}')
-  _check(c.optimizer.lr > 0, f'config.optimizer.lr must be positive, got {c.optimizer.lr}')
-  _check(0 <= c.label_smoothing < 1,
-         f'config.label_smoothing must be in [0, 1), got {c.label_smoothing}')
-  s = c.sparsity
-  _check(s.method in METHODS, f'config.sparsity.method={s.method!r}; choose one of {METHODS}')
-  _check(s.fidelity in FIDELITIES,
-         f'config.sparsity.fidelity={s.fidelity!r}; choose one of {FIDELITIES}')
-  _check(0 < s.density <= 1, f'config.sparsity.density must be in (0, 1], got {s.density}')
-  _check(s.distribution in ('erk', 'uniform'),
-         f"config.sparsity.distribution must be 'erk' or 'uniform', got {s.distribution!r}")
-  _check(s.update_every > 0, f'config.sparsity.update_every (ΔT) must be > 0, got {s.update_every}')
-  _check(s.update_every_batch > 0,
-         f'config.sparsity.update_every_batch must be > 0, got {s.update_every_batch}')
-  _check(0 < s.t_end <= 1, f'config.sparsity.t_end must be in (0, 1], got {s.t_end}')
-  _check(0 <= s.final_prune_rate <= s.prune_rate <= 1,
-         'config.sparsity needs 0 <= final_prune_rate <= prune_rate <= 1, got '
-         f'{s.final_prune_rate} and {s.prune_rate}')
-  heads, hidden = c.model.num_heads, c.model.mlp_dim
-  for field, units, density in (('head_density', heads, s.head_density),
-                                ('neuron_density', hidden, s.neuron_density)):
-    _check(0 < density <= 1, f'config.sparsity.{field} must be in (0, 1], got {density}')
-    if isinstance(units, int):
-      _check(int(units * density) >= 1,
-             f'config.sparsity.{field}={density} keeps int({units}·{density}) = 0 units per '
-             f'block; use at least {1 / units:.3g}')
-  t = c.tokens
-  tokens = 1 + (c.model.image_size // c.model.patch_size) ** 2
-  if s.method in ('sviteplus', 's2viteplus') or t.keep:
-    _check(1 <= t.keep <= tokens,
-           f'config.tokens.keep={t.keep} must be between 1 and the sequence length {tokens} '
-           '(patches + class token)')
-  _check(t.mode in ('drop', 'zero'), f"config.tokens.mode must be 'drop' or 'zero', got {t.mode!r}")
-  _check(t.eval_mode in ('topk', 'gumbel'),
-         f"config.tokens.eval_mode must be 'topk' or 'gumbel', got {t.eval_mode!r}")
-  _check(c.mesh.fsdp >= 1, f'config.mesh.fsdp must be >= 1, got {c.mesh.fsdp}')
-  _check(c.log_every_steps > 0 and c.checkpoint_every_steps > 0 and c.keep_checkpoints > 0,
-         'config.log_every_steps, checkpoint_every_steps and keep_checkpoints must be positive')
+    """Rejects out-of-range values with a message that names the field and the fix."""
+    name = ALIASES.get(c.model.name, c.model.name)
+    _check(
+        name in MODEL_CONFIGS,
+        f'config.model.name={c.model.name!r} is not a registered model; '
+        f'choose one of {sorted(MODEL_CONFIGS)}',
+    )
+    _check(c.batch_size > 0, f'config.batch_size must be positive, got {c.batch_size}')
+    _check(c.num_epochs > 0, f'config.num_epochs must be positive, got {c.num_epochs}')
+    _check(c.optimizer.lr > 0, f'config.optimizer.lr must be positive, got {c.optimizer.lr}')
+    _check(
+        0 <= c.label_smoothing < 1,
+        f'config.label_smoothing must be in [0, 1), got {c.label_smoothing}',
+    )
+    s = c.sparsity
+    _check(s.method in METHODS, f'config.sparsity.method={s.method!r}; choose one of {METHODS}')
+    _check(
+        s.fidelity in FIDELITIES,
+        f'config.sparsity.fidelity={s.fidelity!r}; choose one of {FIDELITIES}',
+    )
+    _check(0 < s.density <= 1, f'config.sparsity.density must be in (0, 1], got {s.density}')
+    _check(
+        s.distribution in ('erk', 'uniform'),
+        f"config.sparsity.distribution must be 'erk' or 'uniform', got {s.distribution!r}",
+    )
+    _check(
+        s.update_every > 0, f'config.sparsity.update_every (ΔT) must be > 0, got {s.update_every}'
+    )
+    _check(
+        s.update_every_batch > 0,
+        f'config.sparsity.update_every_batch must be > 0, got {s.update_every_batch}',
+    )
+    _check(0 < s.t_end <= 1, f'config.sparsity.t_end must be in (0, 1], got {s.t_end}')
+    _check(
+        0 <= s.final_prune_rate <= s.prune_rate <= 1,
+        'config.sparsity needs 0 <= final_prune_rate <= prune_rate <= 1, got '
+        f'{s.final_prune_rate} and {s.prune_rate}',
+    )
+    heads, hidden = c.model.num_heads, c.model.mlp_dim
+    for field, units, density in (
+        ('head_density', heads, s.head_density),
+        ('neuron_density', hidden, s.neuron_density),
+    ):
+        _check(0 < density <= 1, f'config.sparsity.{field} must be in (0, 1], got {density}')
+        if isinstance(units, int):
+            _check(
+                int(units * density) >= 1,
+                f'config.sparsity.{field}={density} keeps int({units}·{density}) = 0 units per '
+                f'block; use at least {1 / units:.3g}',
+            )
+    t = c.tokens
+    tokens = 1 + (c.model.image_size // c.model.patch_size) ** 2
+    if s.method in ('sviteplus', 's2viteplus') or t.keep:
+        _check(
+            1 <= t.keep <= tokens,
+            f'config.tokens.keep={t.keep} must be between 1 and the sequence length {tokens} '
+            '(patches + class token)',
+        )
+    _check(
+        t.mode in ('drop', 'zero'), f"config.tokens.mode must be 'drop' or 'zero', got {t.mode!r}"
+    )
+    _check(
+        t.eval_mode in ('topk', 'gumbel'),
+        f"config.tokens.eval_mode must be 'topk' or 'gumbel', got {t.eval_mode!r}",
+    )
+    _check(c.mesh.fsdp >= 1, f'config.mesh.fsdp must be >= 1, got {c.mesh.fsdp}')
+    _check(
+        c.log_every_steps > 0 and c.checkpoint_every_steps > 0 and c.keep_checkpoints > 0,
+        'config.log_every_steps, checkpoint_every_steps and keep_checkpoints must be positive',
+    )

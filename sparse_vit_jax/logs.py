@@ -9,6 +9,6 @@ from absl import logging as absl_logging
 
 
 def setup(level: int = logging.INFO) -> None:
-  """Shows this package's records at `level`; Orbax, TFDS and JAX only from WARNING up."""
-  absl_logging.set_verbosity(absl_logging.WARNING)
-  logging.getLogger('sparse_vit_jax').setLevel(level)
+    """Shows this package's records at `level`; Orbax, TFDS and JAX only from WARNING up."""
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    logging.getLogger('sparse_vit_jax').setLevel(level)

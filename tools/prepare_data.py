@@ -23,11 +23,11 @@ DATASETS = ('fashion_mnist',)
 
 
 def main(argv):
-  if len(argv) != 2 or argv[1] not in DATASETS:
-    raise app.UsageError(f'name one dataset to prepare: {", ".join(DATASETS)}')
-  log = lambda message: print(f'[prepare_data] {message}', flush=True)
-  fashion_mnist.prepare(_DATA_DIR.value, source=_SOURCE.value, idx_dir=_IDX_DIR.value, log=log)
+    if len(argv) != 2 or argv[1] not in DATASETS:
+        raise app.UsageError(f'name one dataset to prepare: {", ".join(DATASETS)}')
+    log = lambda message: print(f'[prepare_data] {message}', flush=True)
+    fashion_mnist.prepare(_DATA_DIR.value, source=_SOURCE.value, idx_dir=_IDX_DIR.value, log=log)
 
 
 if __name__ == '__main__':
-  app.run(main)
+    app.run(main)

@@ -14,21 +14,24 @@ from ml_collections import config_flags  # noqa: E402
 from sparse_vit_jax import logs  # noqa: E402
 from sparse_vit_jax.train import loop  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (path[:args]).',
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Config file (path[:args]).', lock_config=True
+)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints and metrics go.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  logs.setup()
-  results = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  print(f"final top-1 {results['top1']:.2%} (top-5 {results['top5']:.2%}, loss "
+    if len(argv) > 1:
+        raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+    logs.setup()
+    results = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    print(
+        f"final top-1 {results['top1']:.2%} (top-5 {results['top5']:.2%}, loss "
         f"{results['loss']:.4f}) on {results['num_examples']} examples after {results['step']} "
-        f"steps, {results['train_seconds']:.0f} s; checkpoints in {_WORKDIR.value}/checkpoints")
+        f"steps, {results['train_seconds']:.0f} s; checkpoints in {_WORKDIR.value}/checkpoints"
+    )
 
 
 if __name__ == '__main__':
-  app.run(main)
+    app.run(main)

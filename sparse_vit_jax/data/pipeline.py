@@ -31,161 +31,177 @@ EvalPreprocess = Callable[[Features], dict[str, tf.Tensor]]
 
 
 class DatasetNotPreparedError(FileNotFoundError):
-  """The TFDS dataset has not been prepared in the data directory."""
+    """The TFDS dataset has not been prepared in the data directory."""
 
 
 def load_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
-  """The TFDS builder of a prepared dataset, or a clear error that says how to prepare it."""
-  builder = tfds.builder(name, data_dir=data_dir)
-  if not tf.io.gfile.exists(os.path.join(builder.data_dir, 'dataset_info.json')):
-    flag = f' --data_dir {data_dir}' if data_dir else ''
-    raise DatasetNotPreparedError(
-        f'TFDS dataset {name!r} is not prepared in {builder.data_dir}. Prepare it with:\n'
-        f'  python tools/prepare_data.py {name}{flag}')
-  return builder
+    """The TFDS builder of a prepared dataset, or a clear error that says how to prepare it."""
+    builder = tfds.builder(name, data_dir=data_dir)
+    if not tf.io.gfile.exists(os.path.join(builder.data_dir, 'dataset_info.json')):
+        flag = f' --data_dir {data_dir}' if data_dir else ''
+        raise DatasetNotPreparedError(
+            f'TFDS dataset {name!r} is not prepared in {builder.data_dir}. Prepare it with:\n'
+            f'  python tools/prepare_data.py {name}{flag}'
+        )
+    return builder
 
 
 def process_split(builder: tfds.core.DatasetBuilder, split: str) -> tuple[str, int]:
-  """This process's even share of `split` and its number of examples."""
-  share = tfds.even_splits(split, n=jax.process_count())[jax.process_index()]
-  return share, builder.info.splits[share].num_examples
+    """This process's even share of `split` and its number of examples."""
+    share = tfds.even_splits(split, n=jax.process_count())[jax.process_index()]
+    return share, builder.info.splits[share].num_examples
 
 
 def local_batch_size(global_batch: int) -> int:
-  """Examples per process; global batches must split evenly over processes and devices."""
-  processes, devices = jax.process_count(), jax.device_count()
-  if global_batch % devices or global_batch % processes:
-    raise ValueError(
-        f'global batch {global_batch} does not divide evenly over {devices} devices and '
-        f'{processes} processes; choose a multiple of {devices} (e.g. '
-        f'{max(devices, global_batch // devices * devices)}).')
-  return global_batch // processes
+    """Examples per process; global batches must split evenly over processes and devices."""
+    processes, devices = jax.process_count(), jax.device_count()
+    if global_batch % devices or global_batch % processes:
+        raise ValueError(
+            f'global batch {global_batch} does not divide evenly over {devices} devices and '
+            f'{processes} processes; choose a multiple of {devices} (e.g. '
+            f'{max(devices, global_batch // devices * devices)}).'
+        )
+    return global_batch // processes
 
 
 def _options() -> tf.data.Options:
-  options = tf.data.Options()
-  options.deterministic = True
-  options.experimental_optimization.inject_prefetch = False  # keeps host RAM bounded
-  return options
+    options = tf.data.Options()
+    options.deterministic = True
+    options.experimental_optimization.inject_prefetch = False  # keeps host RAM bounded
+    return options
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
-  """A 31-bit seed for one epoch of one process (tf.data seeds are int64; keep them small)."""
-  return int(np.random.SeedSequence([seed, epoch, jax.process_index()]).generate_state(1)[0]
-             & 0x7FFFFFFF)
+    """A 31-bit seed for one epoch of one process (tf.data seeds are int64; keep them small)."""
+    return int(
+        np.random.SeedSequence([seed, epoch, jax.process_index()]).generate_state(1)[0] & 0x7FFFFFFF
+    )
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainInput:
-  """Where a training stream comes from and how it is shaped."""
-  builder: tfds.core.DatasetBuilder
-  split: str
-  preprocess: TrainPreprocess
-  global_batch: int
-  seed: int
-  shuffle_buffer: int = 10_000
-  repeats: int = 1           # repeated augmentation (DeiT's RASampler uses 3)
-  decoders: Mapping[str, Any] | None = None
-  filter_fn: Callable[[Features], tf.Tensor] | None = None  # drops undecodable examples
+    """Where a training stream comes from and how it is shaped."""
 
-  @property
-  def local_batch(self) -> int:
-    return local_batch_size(self.global_batch)
+    builder: tfds.core.DatasetBuilder
+    split: str
+    preprocess: TrainPreprocess
+    global_batch: int
+    seed: int
+    shuffle_buffer: int = 10_000
+    repeats: int = 1  # repeated augmentation (DeiT's RASampler uses 3)
+    decoders: Mapping[str, Any] | None = None
+    filter_fn: Callable[[Features], tf.Tensor] | None = None  # drops undecodable examples
 
-  @property
-  def steps_per_epoch(self) -> int:
-    _, examples = process_split(self.builder, self.split)
-    steps = examples // self.local_batch
-    if steps == 0:
-      raise ValueError(f'split {self.split!r} has {examples} examples per process, fewer than '
-                       f'one local batch of {self.local_batch}')
-    return steps
+    @property
+    def local_batch(self) -> int:
+        return local_batch_size(self.global_batch)
 
-  def epoch(self, epoch: int, skip_batches: int = 0) -> tf.data.Dataset:
-    """One epoch of local batches, starting `skip_batches` into it."""
-    share, examples = process_split(self.builder, self.split)
-    seed = _epoch_seed(self.seed, epoch)
-    ds = self.builder.as_dataset(
-        split=share, shuffle_files=True, decoders=self.decoders,
-        read_config=tfds.ReadConfig(shuffle_seed=seed, try_autocache=False))
-    if self.filter_fn is not None:
-      ds = ds.filter(self.filter_fn)
-    ds = ds.shuffle(self.shuffle_buffer, seed=seed, reshuffle_each_iteration=False)
-    if self.repeats > 1:
-      # Every image appears `repeats` times in a row (in the same global batch, as the DeiT
-      # sampler spreads copies over the ranks of one step) and the epoch keeps its length.
-      ds = ds.flat_map(lambda x: tf.data.Dataset.from_tensors(x).repeat(self.repeats))
-      ds = ds.take(examples)
-    ds = ds.enumerate().skip(skip_batches * self.local_batch)
-    preprocess = self.preprocess
+    @property
+    def steps_per_epoch(self) -> int:
+        _, examples = process_split(self.builder, self.split)
+        steps = examples // self.local_batch
+        if steps == 0:
+            raise ValueError(
+                f'split {self.split!r} has {examples} examples per process, fewer than '
+                f'one local batch of {self.local_batch}'
+            )
+        return steps
 
-    def example(index, features):
-      out = preprocess(features, tf.stack([tf.constant(seed, tf.int64), index]))
-      return {'image': out['image'], 'label': tf.cast(out['label'], tf.int32)}
+    def epoch(self, epoch: int, skip_batches: int = 0) -> tf.data.Dataset:
+        """One epoch of local batches, starting `skip_batches` into it."""
+        share, examples = process_split(self.builder, self.split)
+        seed = _epoch_seed(self.seed, epoch)
+        ds = self.builder.as_dataset(
+            split=share,
+            shuffle_files=True,
+            decoders=self.decoders,
+            read_config=tfds.ReadConfig(shuffle_seed=seed, try_autocache=False),
+        )
+        if self.filter_fn is not None:
+            ds = ds.filter(self.filter_fn)
+        ds = ds.shuffle(self.shuffle_buffer, seed=seed, reshuffle_each_iteration=False)
+        if self.repeats > 1:
+            # Every image appears `repeats` times in a row (in the same global batch, as the DeiT
+            # sampler spreads copies over the ranks of one step) and the epoch keeps its length.
+            ds = ds.flat_map(lambda x: tf.data.Dataset.from_tensors(x).repeat(self.repeats))
+            ds = ds.take(examples)
+        ds = ds.enumerate().skip(skip_batches * self.local_batch)
+        preprocess = self.preprocess
 
-    ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.batch(self.local_batch, drop_remainder=True)
-    return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
+        def example(index, features):
+            out = preprocess(features, tf.stack([tf.constant(seed, tf.int64), index]))
+            return {'image': out['image'], 'label': tf.cast(out['label'], tf.int32)}
 
-  def batches(self, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
-    """Local batches forever, starting at global step `start_step`."""
-    epoch, offset = divmod(start_step, self.steps_per_epoch)
-    while True:
-      for batch in self.epoch(epoch, offset).as_numpy_iterator():
-        yield batch
-      epoch, offset = epoch + 1, 0
+        ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.batch(self.local_batch, drop_remainder=True)
+        return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
+
+    def batches(self, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
+        """Local batches forever, starting at global step `start_step`."""
+        epoch, offset = divmod(start_step, self.steps_per_epoch)
+        while True:
+            for batch in self.epoch(epoch, offset).as_numpy_iterator():
+                yield batch
+            epoch, offset = epoch + 1, 0
 
 
 @dataclasses.dataclass(frozen=True)
 class EvalInput:
-  """A padded evaluation stream: every example counted exactly once (``mask`` marks padding)."""
-  builder: tfds.core.DatasetBuilder
-  split: str
-  preprocess: EvalPreprocess
-  global_batch: int
-  decoders: Mapping[str, Any] | None = None
+    """A padded evaluation stream: every example counted exactly once (``mask`` marks padding)."""
 
-  @property
-  def num_examples(self) -> int:
-    return self.builder.info.splits[self.split].num_examples
+    builder: tfds.core.DatasetBuilder
+    split: str
+    preprocess: EvalPreprocess
+    global_batch: int
+    decoders: Mapping[str, Any] | None = None
 
-  @property
-  def num_batches(self) -> int:
-    """The same on every process: enough batches for the largest share."""
-    per_process = math.ceil(self.num_examples / jax.process_count())
-    return math.ceil(per_process / local_batch_size(self.global_batch))
+    @property
+    def num_examples(self) -> int:
+        return self.builder.info.splits[self.split].num_examples
 
-  def dataset(self) -> tf.data.Dataset:
-    share, _ = process_split(self.builder, self.split)
-    ds = self.builder.as_dataset(split=share, shuffle_files=False, decoders=self.decoders)
-    preprocess = self.preprocess
+    @property
+    def num_batches(self) -> int:
+        """The same on every process: enough batches for the largest share."""
+        per_process = math.ceil(self.num_examples / jax.process_count())
+        return math.ceil(per_process / local_batch_size(self.global_batch))
 
-    def example(features):
-      out = preprocess(features)
-      return {'image': out['image'], 'label': tf.cast(out['label'], tf.int32),
-              'mask': tf.constant(True)}
+    def dataset(self) -> tf.data.Dataset:
+        share, _ = process_split(self.builder, self.split)
+        ds = self.builder.as_dataset(split=share, shuffle_files=False, decoders=self.decoders)
+        preprocess = self.preprocess
 
-    ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    padding = ds.take(1).map(lambda x: tf.nest.map_structure(tf.zeros_like, x)).repeat()
-    ds = ds.concatenate(padding).batch(local_batch_size(self.global_batch))
-    return ds.take(self.num_batches).prefetch(tf.data.AUTOTUNE).with_options(_options())
+        def example(features):
+            out = preprocess(features)
+            return {
+                'image': out['image'],
+                'label': tf.cast(out['label'], tf.int32),
+                'mask': tf.constant(True),
+            }
 
-  def batches(self) -> Iterator[dict[str, np.ndarray]]:
-    return self.dataset().as_numpy_iterator()
+        ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        padding = ds.take(1).map(lambda x: tf.nest.map_structure(tf.zeros_like, x)).repeat()
+        ds = ds.concatenate(padding).batch(local_batch_size(self.global_batch))
+        return ds.take(self.num_batches).prefetch(tf.data.AUTOTUNE).with_options(_options())
+
+    def batches(self) -> Iterator[dict[str, np.ndarray]]:
+        return self.dataset().as_numpy_iterator()
 
 
-def to_global(batch: Mapping[str, np.ndarray], sharding: jax.sharding.Sharding) -> dict[str, jax.Array]:
-  """Assembles each process's local batch into global arrays sharded like `sharding`."""
-  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+def to_global(
+    batch: Mapping[str, np.ndarray], sharding: jax.sharding.Sharding
+) -> dict[str, jax.Array]:
+    """Assembles each process's local batch into global arrays sharded like `sharding`."""
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
 
 
-def prefetch_to_device(batches: Iterator[Mapping[str, np.ndarray]],
-                       sharding: jax.sharding.Sharding, size: int = 2) -> Iterator[dict[str, jax.Array]]:
-  """Keeps `size` batches in flight to the devices (transfers are asynchronous)."""
-  queue: collections.deque = collections.deque()
-  for batch in batches:
-    queue.append(to_global(batch, sharding))
-    if len(queue) > size:
-      yield queue.popleft()
-  while queue:
-    yield queue.popleft()
+def prefetch_to_device(
+    batches: Iterator[Mapping[str, np.ndarray]], sharding: jax.sharding.Sharding, size: int = 2
+) -> Iterator[dict[str, jax.Array]]:
+    """Keeps `size` batches in flight to the devices (transfers are asynchronous)."""
+    queue: collections.deque = collections.deque()
+    for batch in batches:
+        queue.append(to_global(batch, sharding))
+        if len(queue) > size:
+            yield queue.popleft()
+    while queue:
+        yield queue.popleft()

@@ -7,39 +7,62 @@ from typing import Any
 from sparse_vit_jax.models.vit import VisionTransformer
 
 # DeiT sizes as in the paper (drop-path 0.1 is the DeiT recipe default for all three).
-_DEIT = dict(num_classes=1000, image_size=224, patch_size=16, drop_path_rate=0.1, init_scheme='timm')
+_DEIT = dict(
+    num_classes=1000, image_size=224, patch_size=16, drop_path_rate=0.1, init_scheme='timm'
+)
 
 MODEL_CONFIGS: dict[str, dict[str, Any]] = {
     'deit_tiny_patch16_224': dict(_DEIT, embed_dim=192, depth=12, num_heads=3, mlp_dim=768),
     'deit_small_patch16_224': dict(_DEIT, embed_dim=384, depth=12, num_heads=6, mlp_dim=1536),
     'deit_base_patch16_224': dict(_DEIT, embed_dim=768, depth=12, num_heads=12, mlp_dim=3072),
     # Sized for 28x28 grayscale (Fashion-MNIST): 16 patches of 7x7, 17 tokens with cls.
-    'vit_fashion': dict(num_classes=10, image_size=28, patch_size=7, embed_dim=64, depth=4,
-                        num_heads=2, mlp_dim=128, drop_path_rate=0.0, init_scheme='xavier'),
+    'vit_fashion': dict(
+        num_classes=10,
+        image_size=28,
+        patch_size=7,
+        embed_dim=64,
+        depth=4,
+        num_heads=2,
+        mlp_dim=128,
+        drop_path_rate=0.0,
+        init_scheme='xavier',
+    ),
     # For unit tests: compiles in about a second on CPU.
-    'vit_test': dict(num_classes=10, image_size=16, patch_size=4, embed_dim=32, depth=2,
-                     num_heads=4, mlp_dim=64, drop_path_rate=0.0, init_scheme='timm'),
+    'vit_test': dict(
+        num_classes=10,
+        image_size=16,
+        patch_size=4,
+        embed_dim=32,
+        depth=2,
+        num_heads=4,
+        mlp_dim=64,
+        drop_path_rate=0.0,
+        init_scheme='timm',
+    ),
 }
 
 # Short names accepted by the configs (`model=deit_small`).
-ALIASES = {'deit_tiny': 'deit_tiny_patch16_224', 'deit_small': 'deit_small_patch16_224',
-           'deit_base': 'deit_base_patch16_224'}
+ALIASES = {
+    'deit_tiny': 'deit_tiny_patch16_224',
+    'deit_small': 'deit_small_patch16_224',
+    'deit_base': 'deit_base_patch16_224',
+}
 
 
 def model_kwargs(name: str, **overrides: Any) -> dict[str, Any]:
-  """The constructor arguments of a registered model, with overrides applied."""
-  name = ALIASES.get(name, name)
-  if name not in MODEL_CONFIGS:
-    raise ValueError(f'unknown model {name!r}; choose one of {sorted(MODEL_CONFIGS)}')
-  unknown = set(overrides) - set(VisionTransformer.__dataclass_fields__)
-  if unknown:
-    raise ValueError(f'unknown model overrides {sorted(unknown)} for {name!r}')
-  return {**MODEL_CONFIGS[name], **overrides}
+    """The constructor arguments of a registered model, with overrides applied."""
+    name = ALIASES.get(name, name)
+    if name not in MODEL_CONFIGS:
+        raise ValueError(f'unknown model {name!r}; choose one of {sorted(MODEL_CONFIGS)}')
+    unknown = set(overrides) - set(VisionTransformer.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f'unknown model overrides {sorted(unknown)} for {name!r}')
+    return {**MODEL_CONFIGS[name], **overrides}
 
 
 def create_model(name: str, **overrides: Any) -> VisionTransformer:
-  """Builds a registered model; any VisionTransformer field may be overridden."""
-  return VisionTransformer(**model_kwargs(name, **overrides))
+    """Builds a registered model; any VisionTransformer field may be overridden."""
+    return VisionTransformer(**model_kwargs(name, **overrides))
 
 
 __all__ = ['ALIASES', 'MODEL_CONFIGS', 'VisionTransformer', 'create_model', 'model_kwargs']

@@ -31,184 +31,219 @@ HEAD_OUTPUTS = 'head_outputs'
 
 
 def _per_layer(value: int | Sequence[int], depth: int, what: str) -> tuple[int, ...]:
-  values = (value,) * depth if isinstance(value, int) else tuple(value)
-  if len(values) != depth or any(v < 1 for v in values):
-    raise ValueError(f'{what} must be a positive int or {depth} positive ints, got {value!r}')
-  return values
+    values = (value,) * depth if isinstance(value, int) else tuple(value)
+    if len(values) != depth or any(v < 1 for v in values):
+        raise ValueError(f'{what} must be a positive int or {depth} positive ints, got {value!r}')
+    return values
 
 
 def _torch_conv_bias_init(fan_in: int) -> Initializer:
-  """PyTorch's default Conv2d bias init, U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
-  bound = fan_in ** -0.5
+    """PyTorch's default Conv2d bias init, U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = fan_in**-0.5
 
-  def init(key, shape, dtype=jnp.float32):
-    return jax.random.uniform(key, shape, dtype, -bound, bound)
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
 
-  return init
+    return init
 
 
 def initializers(scheme: str) -> dict[str, Initializer]:
-  """Initializers by role. 'timm' reproduces the official DeiT init; 'xavier' suits small data."""
-  if scheme == 'timm':
-    # timm's trunc_normal_(std=.02) truncates at ±2 in absolute units, i.e. ±100σ: a plain normal.
-    normal = nn.initializers.truncated_normal(stddev=0.02, lower=-100.0, upper=100.0)
-    return dict(dense=normal, embedding=normal,
-                # The patch conv keeps PyTorch's default kaiming_uniform(a=√5) = U(±1/sqrt(fan_in)).
-                conv=nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform'))
-  if scheme == 'xavier':
-    return dict(dense=nn.initializers.xavier_uniform(),
-                embedding=nn.initializers.normal(stddev=0.02),
-                conv=nn.initializers.lecun_normal())
-  raise ValueError(f"init must be 'timm' or 'xavier', got {scheme!r}")
+    """Initializers by role. 'timm' reproduces the official DeiT init; 'xavier' suits small data."""
+    if scheme == 'timm':
+        # timm's trunc_normal_(std=.02) truncates at ±2 in absolute units, i.e. ±100σ: a plain normal.
+        normal = nn.initializers.truncated_normal(stddev=0.02, lower=-100.0, upper=100.0)
+        return dict(
+            dense=normal,
+            embedding=normal,
+            # The patch conv keeps PyTorch's default kaiming_uniform(a=√5) = U(±1/sqrt(fan_in)).
+            conv=nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform'),
+        )
+    if scheme == 'xavier':
+        return dict(
+            dense=nn.initializers.xavier_uniform(),
+            embedding=nn.initializers.normal(stddev=0.02),
+            conv=nn.initializers.lecun_normal(),
+        )
+    raise ValueError(f"init must be 'timm' or 'xavier', got {scheme!r}")
 
 
 class DropPath(nn.Module):
-  """Stochastic depth: drops the whole residual branch per sample (rng stream 'dropout')."""
-  rate: float
+    """Stochastic depth: drops the whole residual branch per sample (rng stream 'dropout')."""
 
-  @nn.compact
-  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    if not train or self.rate == 0.0:
-      return x
-    keep = 1.0 - self.rate
-    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
-    kept = jax.random.bernoulli(self.make_rng('dropout'), keep, shape)
-    return jnp.where(kept, x / keep, 0.0).astype(x.dtype)
+    rate: float
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        if not train or self.rate == 0.0:
+            return x
+        keep = 1.0 - self.rate
+        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+        kept = jax.random.bernoulli(self.make_rng('dropout'), keep, shape)
+        return jnp.where(kept, x / keep, 0.0).astype(x.dtype)
 
 
 class Attention(nn.Module):
-  """Multi-head self-attention with timm's fused qkv and an optional per-head gate."""
-  num_heads: int
-  head_dim: int
-  out_dim: int
-  kernel_init: Initializer
-  dtype: Any = jnp.float32
+    """Multi-head self-attention with timm's fused qkv and an optional per-head gate."""
 
-  @nn.compact
-  def __call__(self, x: jax.Array, head_mask: jax.Array | None = None) -> jax.Array:
-    batch, tokens, _ = x.shape
-    inner = self.num_heads * self.head_dim
-    dense = lambda features, name: nn.Dense(features, name=name, dtype=self.dtype,
-                                           kernel_init=self.kernel_init)
-    qkv = dense(3 * inner, 'qkv')(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim)
-    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-    heads = jax.nn.dot_product_attention(q, k, v)  # (B, N, H, hd)
-    if head_mask is not None:
-      heads = jnp.where(head_mask[:, None], heads, 0.0).astype(heads.dtype)
-    # ∂L/∂(head outputs) and the outputs themselves give the S²ViTE head scores; both are
-    # no-ops unless the caller passes 'perturbations' and makes 'intermediates' mutable.
-    heads = self.perturb(HEAD_OUTPUTS, heads)
-    self.sow('intermediates', HEAD_OUTPUTS, heads)
-    return dense(self.out_dim, 'proj')(heads.reshape(batch, tokens, inner))
+    num_heads: int
+    head_dim: int
+    out_dim: int
+    kernel_init: Initializer
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, head_mask: jax.Array | None = None) -> jax.Array:
+        batch, tokens, _ = x.shape
+        inner = self.num_heads * self.head_dim
+        dense = lambda features, name: nn.Dense(
+            features, name=name, dtype=self.dtype, kernel_init=self.kernel_init
+        )
+        qkv = dense(3 * inner, 'qkv')(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        heads = jax.nn.dot_product_attention(q, k, v)  # (B, N, H, hd)
+        if head_mask is not None:
+            heads = jnp.where(head_mask[:, None], heads, 0.0).astype(heads.dtype)
+        # ∂L/∂(head outputs) and the outputs themselves give the S²ViTE head scores; both are
+        # no-ops unless the caller passes 'perturbations' and makes 'intermediates' mutable.
+        heads = self.perturb(HEAD_OUTPUTS, heads)
+        self.sow('intermediates', HEAD_OUTPUTS, heads)
+        return dense(self.out_dim, 'proj')(heads.reshape(batch, tokens, inner))
 
 
 class Mlp(nn.Module):
-  """fc1 → exact GELU → (neuron gate) → fc2."""
-  hidden_dim: int
-  out_dim: int
-  kernel_init: Initializer
-  dtype: Any = jnp.float32
+    """fc1 → exact GELU → (neuron gate) → fc2."""
 
-  @nn.compact
-  def __call__(self, x: jax.Array, neuron_mask: jax.Array | None = None) -> jax.Array:
-    h = nn.Dense(self.hidden_dim, name='fc1', dtype=self.dtype, kernel_init=self.kernel_init)(x)
-    h = nn.gelu(h, approximate=False)
-    if neuron_mask is not None:
-      h = jnp.where(neuron_mask, h, 0.0).astype(h.dtype)
-    return nn.Dense(self.out_dim, name='fc2', dtype=self.dtype, kernel_init=self.kernel_init)(h)
+    hidden_dim: int
+    out_dim: int
+    kernel_init: Initializer
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, neuron_mask: jax.Array | None = None) -> jax.Array:
+        h = nn.Dense(self.hidden_dim, name='fc1', dtype=self.dtype, kernel_init=self.kernel_init)(x)
+        h = nn.gelu(h, approximate=False)
+        if neuron_mask is not None:
+            h = jnp.where(neuron_mask, h, 0.0).astype(h.dtype)
+        return nn.Dense(self.out_dim, name='fc2', dtype=self.dtype, kernel_init=self.kernel_init)(h)
 
 
 class Block(nn.Module):
-  """Pre-LN transformer block."""
-  num_heads: int
-  head_dim: int
-  mlp_dim: int
-  drop_path: float
-  kernel_init: Initializer
-  dtype: Any = jnp.float32
+    """Pre-LN transformer block."""
 
-  @nn.compact
-  def __call__(self, x, *, head_mask=None, neuron_mask=None, train=False):
-    dim = x.shape[-1]
-    norm = lambda name: nn.LayerNorm(epsilon=1e-6, name=name, dtype=self.dtype)
-    drop_path = DropPath(self.drop_path)
-    attn = Attention(self.num_heads, self.head_dim, dim, self.kernel_init, self.dtype, name='attn')
-    x = x + drop_path(attn(norm('norm1')(x), head_mask), train)
-    mlp = Mlp(self.mlp_dim, dim, self.kernel_init, self.dtype, name='mlp')
-    return x + drop_path(mlp(norm('norm2')(x), neuron_mask), train)
+    num_heads: int
+    head_dim: int
+    mlp_dim: int
+    drop_path: float
+    kernel_init: Initializer
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, *, head_mask=None, neuron_mask=None, train=False):
+        dim = x.shape[-1]
+        norm = lambda name: nn.LayerNorm(epsilon=1e-6, name=name, dtype=self.dtype)
+        drop_path = DropPath(self.drop_path)
+        attn = Attention(
+            self.num_heads, self.head_dim, dim, self.kernel_init, self.dtype, name='attn'
+        )
+        x = x + drop_path(attn(norm('norm1')(x), head_mask), train)
+        mlp = Mlp(self.mlp_dim, dim, self.kernel_init, self.dtype, name='mlp')
+        return x + drop_path(mlp(norm('norm2')(x), neuron_mask), train)
 
 
 class VisionTransformer(nn.Module):
-  """DeiT/ViT with class-token pooling; per-layer head counts and MLP widths may differ.
+    """DeiT/ViT with class-token pooling; per-layer head counts and MLP widths may differ.
 
-  Attributes:
-    num_heads: heads per block (int or one int per block, for slim models).
-    head_dim: width of one head; defaults to embed_dim // max(num_heads).
-    mlp_dim: hidden width per block (int or one int per block).
-    dtype: compute dtype (bfloat16 on TPU/GPU); params are always float32.
-  """
-  num_classes: int = 1000
-  image_size: int = 224
-  patch_size: int = 16
-  embed_dim: int = 192
-  depth: int = 12
-  num_heads: int | Sequence[int] = 3
-  head_dim: int | None = None
-  mlp_dim: int | Sequence[int] = 768
-  drop_path_rate: float = 0.0
-  init_scheme: str = 'timm'
-  dtype: Any = jnp.float32
-
-  @property
-  def num_patches(self) -> int:
-    return (self.image_size // self.patch_size) ** 2
-
-  @property
-  def heads_per_layer(self) -> tuple[int, ...]:
-    return _per_layer(self.num_heads, self.depth, 'num_heads')
-
-  @property
-  def mlp_per_layer(self) -> tuple[int, ...]:
-    return _per_layer(self.mlp_dim, self.depth, 'mlp_dim')
-
-  @property
-  def resolved_head_dim(self) -> int:
-    return self.head_dim or self.embed_dim // max(self.heads_per_layer)
-
-  @nn.compact
-  def __call__(self, images: jax.Array, masks: Mapping[str, Any] | None = None,
-               train: bool = False) -> jax.Array:
-    """images: (B, H, W, C) normalized float; masks: {'weights', 'heads', 'neurons'} or None.
-
-    Returns logits (B, num_classes) in float32.
+    Attributes:
+      num_heads: heads per block (int or one int per block, for slim models).
+      head_dim: width of one head; defaults to embed_dim // max(num_heads).
+      mlp_dim: hidden width per block (int or one int per block).
+      dtype: compute dtype (bfloat16 on TPU/GPU); params are always float32.
     """
-    if images.shape[1] != self.image_size or images.shape[2] != self.image_size:
-      raise ValueError(f'expected {self.image_size}x{self.image_size} images, got {images.shape}')
-    masks = masks or {}
-    head_masks, neuron_masks = masks.get('heads'), masks.get('neurons')
-    inits = initializers(self.init_scheme)
-    p = self.patch_size
-    fan_in = p * p * images.shape[-1]
-    x = nn.Conv(self.embed_dim, (p, p), strides=(p, p), padding='VALID', name='patch_embed',
-                dtype=self.dtype, kernel_init=inits['conv'],
-                bias_init=_torch_conv_bias_init(fan_in) if self.init_scheme == 'timm'
-                else nn.initializers.zeros)(images.astype(self.dtype))
-    batch = x.shape[0]
-    x = x.reshape(batch, -1, self.embed_dim)
-    cls = self.param('cls_token', inits['embedding'], (1, 1, self.embed_dim))
-    pos = self.param('pos_embed', inits['embedding'], (1, 1 + self.num_patches, self.embed_dim))
-    x = jnp.concatenate([jnp.broadcast_to(cls, (batch, 1, self.embed_dim)).astype(x.dtype), x], 1)
-    x = x + pos.astype(x.dtype)
 
-    rates = [self.drop_path_rate * i / max(self.depth - 1, 1) for i in range(self.depth)]
-    for i, (heads, hidden) in enumerate(zip(self.heads_per_layer, self.mlp_per_layer)):
-      x = Block(heads, self.resolved_head_dim, hidden, rates[i], inits['dense'], self.dtype,
-                name=f'blocks_{i}')(
-                    x,
-                    head_mask=None if head_masks is None else head_masks[i],
-                    neuron_mask=None if neuron_masks is None else neuron_masks[i],
-                    train=train)
-    x = nn.LayerNorm(epsilon=1e-6, name='norm', dtype=self.dtype)(x)
-    logits = nn.Dense(self.num_classes, name='head', dtype=self.dtype,
-                      kernel_init=inits['dense'])(x[:, 0])
-    return logits.astype(jnp.float32)
+    num_classes: int = 1000
+    image_size: int = 224
+    patch_size: int = 16
+    embed_dim: int = 192
+    depth: int = 12
+    num_heads: int | Sequence[int] = 3
+    head_dim: int | None = None
+    mlp_dim: int | Sequence[int] = 768
+    drop_path_rate: float = 0.0
+    init_scheme: str = 'timm'
+    dtype: Any = jnp.float32
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+    @property
+    def heads_per_layer(self) -> tuple[int, ...]:
+        return _per_layer(self.num_heads, self.depth, 'num_heads')
+
+    @property
+    def mlp_per_layer(self) -> tuple[int, ...]:
+        return _per_layer(self.mlp_dim, self.depth, 'mlp_dim')
+
+    @property
+    def resolved_head_dim(self) -> int:
+        return self.head_dim or self.embed_dim // max(self.heads_per_layer)
+
+    @nn.compact
+    def __call__(
+        self, images: jax.Array, masks: Mapping[str, Any] | None = None, train: bool = False
+    ) -> jax.Array:
+        """images: (B, H, W, C) normalized float; masks: {'weights', 'heads', 'neurons'} or None.
+
+        Returns logits (B, num_classes) in float32.
+        """
+        if images.shape[1] != self.image_size or images.shape[2] != self.image_size:
+            raise ValueError(
+                f'expected {self.image_size}x{self.image_size} images, got {images.shape}'
+            )
+        masks = masks or {}
+        head_masks, neuron_masks = masks.get('heads'), masks.get('neurons')
+        inits = initializers(self.init_scheme)
+        p = self.patch_size
+        fan_in = p * p * images.shape[-1]
+        x = nn.Conv(
+            self.embed_dim,
+            (p, p),
+            strides=(p, p),
+            padding='VALID',
+            name='patch_embed',
+            dtype=self.dtype,
+            kernel_init=inits['conv'],
+            bias_init=_torch_conv_bias_init(fan_in)
+            if self.init_scheme == 'timm'
+            else nn.initializers.zeros,
+        )(images.astype(self.dtype))
+        batch = x.shape[0]
+        x = x.reshape(batch, -1, self.embed_dim)
+        cls = self.param('cls_token', inits['embedding'], (1, 1, self.embed_dim))
+        pos = self.param('pos_embed', inits['embedding'], (1, 1 + self.num_patches, self.embed_dim))
+        x = jnp.concatenate(
+            [jnp.broadcast_to(cls, (batch, 1, self.embed_dim)).astype(x.dtype), x], 1
+        )
+        x = x + pos.astype(x.dtype)
+
+        rates = [self.drop_path_rate * i / max(self.depth - 1, 1) for i in range(self.depth)]
+        for i, (heads, hidden) in enumerate(zip(self.heads_per_layer, self.mlp_per_layer)):
+            x = Block(
+                heads,
+                self.resolved_head_dim,
+                hidden,
+                rates[i],
+                inits['dense'],
+                self.dtype,
+                name=f'blocks_{i}',
+            )(
+                x,
+                head_mask=None if head_masks is None else head_masks[i],
+                neuron_mask=None if neuron_masks is None else neuron_masks[i],
+                train=train,
+            )
+        x = nn.LayerNorm(epsilon=1e-6, name='norm', dtype=self.dtype)(x)
+        logits = nn.Dense(
+            self.num_classes, name='head', dtype=self.dtype, kernel_init=inits['dense']
+        )(x[:, 0])
+        return logits.astype(jnp.float32)

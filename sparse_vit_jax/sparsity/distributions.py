@@ -23,8 +23,10 @@ def _validate(shapes: Mapping[str, Shape], density: float) -> dict[str, tuple[in
     for name, shape in shapes.items():
         dims = tuple(int(d) for d in shape)
         if len(dims) == 0 or any(d <= 0 for d in dims):
-            raise ValueError(f"layer {name!r} has an invalid shape {tuple(shape)!r}; "
-                             "every dimension must be a positive integer")
+            raise ValueError(
+                f"layer {name!r} has an invalid shape {tuple(shape)!r}; "
+                "every dimension must be a positive integer"
+            )
         clean[name] = dims
     return clean
 
@@ -64,15 +66,17 @@ def erk(shapes: Mapping[str, Shape], density: float) -> dict[str, float]:
     clean = _validate(shapes, density)
     density = float(density)
     numel = {name: float(np.prod(dims, dtype=np.float64)) for name, dims in clean.items()}
-    raw = {name: float(np.sum(dims, dtype=np.float64)) / numel[name]
-           for name, dims in clean.items()}
+    raw = {
+        name: float(np.sum(dims, dtype=np.float64)) / numel[name] for name, dims in clean.items()
+    }
 
     dense: set[str] = set()
     epsilon = 0.0
     while len(dense) < len(clean):
         sparse_names = [name for name in clean if name not in dense]
-        rhs = (sum(numel[name] * density for name in sparse_names)
-               - sum(numel[name] * (1.0 - density) for name in dense))
+        rhs = sum(numel[name] * density for name in sparse_names) - sum(
+            numel[name] * (1.0 - density) for name in dense
+        )
         divisor = sum(raw[name] * numel[name] for name in sparse_names)
         epsilon = rhs / divisor
         max_raw = max(raw[name] for name in sparse_names)

@@ -75,8 +75,11 @@ def is_prunable(path: Path, leaf: Any) -> bool:
 
 def prunable_shapes(params_or_shapes: Tree) -> dict[str, tuple[int, ...]]:
     """Flat {layer name: shape} of the prunable leaves, in tree order."""
-    return {path_name(path): _shape(leaf) for path, leaf in _iter_leaves(params_or_shapes)
-            if is_prunable(path, leaf)}
+    return {
+        path_name(path): _shape(leaf)
+        for path, leaf in _iter_leaves(params_or_shapes)
+        if is_prunable(path, leaf)
+    }
 
 
 def layer_densities(params_or_shapes: Tree, density: float, distribution: str = "erk") -> Tree:
@@ -90,8 +93,10 @@ def layer_densities(params_or_shapes: Tree, density: float, distribution: str = 
         flat = distributions.uniform(prunable_shapes(params_or_shapes), density)
     else:
         raise ValueError(f"unknown distribution {distribution!r}; use 'erk' or 'uniform'")
-    return _map_leaves(lambda path, leaf: flat[path_name(path)] if is_prunable(path, leaf)
-                       else None, params_or_shapes)
+    return _map_leaves(
+        lambda path, leaf: flat[path_name(path)] if is_prunable(path, leaf) else None,
+        params_or_shapes,
+    )
 
 
 def _flat_values(tree: Tree) -> dict[str, Any]:
@@ -122,8 +127,9 @@ def _bernoulli_mask(key: jax.Array, shape: tuple[int, ...], density: float) -> j
     return jax.random.uniform(key, shape) < density
 
 
-def random_weight_masks(key: jax.Array, params_or_shapes: Tree, densities: Tree, *,
-                        exact: bool = False) -> Tree:
+def random_weight_masks(
+    key: jax.Array, params_or_shapes: Tree, densities: Tree, *, exact: bool = False
+) -> Tree:
     """Initial unstructured masks: bool on prunable leaves, None elsewhere.
 
     Reference: i.i.d. Bernoulli per layer, `uniform(key_l) < p_l`, so counts are exact only in
@@ -180,8 +186,10 @@ def _unit_masks(key: jax.Array, depth: int, num_units: int, count: int) -> jax.A
 
 def weight_density_stats(masks: Tree) -> dict[str, float]:
     """{layer name: fraction of True entries} over the non-None leaves (host-side floats)."""
-    return {name: float(jnp.mean(jnp.asarray(mask, dtype=jnp.float32)))
-            for name, mask in _flat_values(masks).items()}
+    return {
+        name: float(jnp.mean(jnp.asarray(mask, dtype=jnp.float32)))
+        for name, mask in _flat_values(masks).items()
+    }
 
 
 def overall_weight_density(masks: Tree) -> float:

@@ -58,8 +58,9 @@ def _removal_count(prune_rate: Array | float, n_active: Array) -> Array:
     return jnp.clip(r, 0, n_active)
 
 
-def magnitude_prune_gradient_grow(weight: Array, grad: Array, mask: Array,
-                                  prune_rate: Array | float, *, exact: bool = False) -> Array:
+def magnitude_prune_gradient_grow(
+    weight: Array, grad: Array, mask: Array, prune_rate: Array | float, *, exact: bool = False
+) -> Array:
     """One unstructured topology update of one tensor: magnitude death, then gradient growth.
 
     Reference semantics (`Masking.magnitude_death` + `Masking.gradient_growth`), n = mask.sum():
@@ -113,8 +114,9 @@ def magnitude_prune_gradient_grow(weight: Array, grad: Array, mask: Array,
     return jnp.where(is_dense, active, new_mask).reshape(shape)
 
 
-def head_prune_grow(taylor_scores: Array, grad_norms: Array, head_mask: Array,
-                    prune_rate: Array | float) -> Array:
+def head_prune_grow(
+    taylor_scores: Array, grad_norms: Array, head_mask: Array, prune_rate: Array | float
+) -> Array:
     """One structured update of the attention heads of one block (arrays of shape [H]).
 
     Reference semantics (S²ViTE, `truncate_weights(structure_new)`, attention part):
@@ -140,13 +142,21 @@ def head_prune_grow(taylor_scores: Array, grad_norms: Array, head_mask: Array,
 
 def _neuron_l1(fc1: Array, fc2: Array) -> Array:
     """Per-neuron L1 norm over fc1 column j (D, hidden) plus fc2 row j (hidden, D), in float32."""
-    return (jnp.abs(fc1.astype(jnp.float32)).sum(axis=0)
-            + jnp.abs(fc2.astype(jnp.float32)).sum(axis=1))
+    return jnp.abs(fc1.astype(jnp.float32)).sum(axis=0) + jnp.abs(fc2.astype(jnp.float32)).sum(
+        axis=1
+    )
 
 
-def neuron_prune_grow(fc1_kernel: Array, fc2_kernel: Array, fc1_grad: Array, fc2_grad: Array,
-                      neuron_mask: Array, prune_rate: Array | float, *,
-                      exact: bool = False) -> Array:
+def neuron_prune_grow(
+    fc1_kernel: Array,
+    fc2_kernel: Array,
+    fc1_grad: Array,
+    fc2_grad: Array,
+    neuron_mask: Array,
+    prune_rate: Array | float,
+    *,
+    exact: bool = False,
+) -> Array:
     """One structured update of the MLP hidden neurons of one block (Flax layouts).
 
     Neuron j owns column j of the fc1 kernel (D, hidden) and row j of the fc2 kernel (hidden, D).
@@ -181,12 +191,10 @@ def neuron_prune_grow(fc1_kernel: Array, fc2_kernel: Array, fc1_grad: Array, fc2
     grad_score = _neuron_l1(fc1_grad, fc2_grad)
 
     if exact:
-        removed = active & _first_in_order(((~active).astype(jnp.int32),
-                                            _smallest_first(score)), r)
+        removed = active & _first_in_order(((~active).astype(jnp.int32), _smallest_first(score)), r)
         kept = active & ~removed
         candidates = jnp.where(kept, 0.0, grad_score)
-        grown = ~kept & _first_in_order((kept.astype(jnp.int32),
-                                         _largest_first(candidates)), r)
+        grown = ~kept & _first_in_order((kept.astype(jnp.int32), _largest_first(candidates)), r)
         return kept | grown
 
     prune_index = r + (hidden - n_active) - 1

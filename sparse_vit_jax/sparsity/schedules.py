@@ -19,8 +19,9 @@ def _check_total(total_steps: int) -> None:
         raise ValueError(f"total_steps must be a positive integer, got {total_steps!r}")
 
 
-def prune_rate(step: ArrayLike, total_steps: int, initial: float = 0.5,
-               final: float = 0.005) -> jnp.ndarray:
+def prune_rate(
+    step: ArrayLike, total_steps: int, initial: float = 0.5, final: float = 0.005
+) -> jnp.ndarray:
     """Cosine-decayed prune (death) rate after `step` optimizer steps. Jittable.
 
     dr_t = final + (initial - final) * (1 + cos(pi * t / T)) / 2.
@@ -41,8 +42,9 @@ def last_update_step_bound(total_steps: int, t_end: float = 0.8) -> int:
     return math.ceil(float(t_end) * int(total_steps)) - 1
 
 
-def is_update_step(step: ArrayLike, update_every: int, total_steps: int,
-                   t_end: float = 0.8) -> jnp.ndarray:
+def is_update_step(
+    step: ArrayLike, update_every: int, total_steps: int, t_end: float = 0.8
+) -> jnp.ndarray:
     """Whether the topology is updated after optimizer step `step`. Jittable; returns a bool array.
 
     Reference (`engine.train_one_epoch`): update iff t % ΔT == 0 and t < t_end * T, strict, with
@@ -65,24 +67,27 @@ def num_update_steps(update_every: int, total_steps: int, t_end: float = 0.8) ->
     return max(0, bound // int(update_every))
 
 
-def scale_update_every(update_every_at_reference: int, reference_batch: int,
-                       global_batch: int) -> int:
+def scale_update_every(
+    update_every_at_reference: int, reference_batch: int, global_batch: int
+) -> int:
     """Rescale ΔT so that the number of training examples between updates is unchanged.
 
     ΔT is stated in optimizer steps at the paper's global batch (512 for Tiny/Small, 1024 for
     Base). With a different global batch B the same number of examples passes in
     round(ΔT * B_ref / B) steps; the result is at least 1.
     """
-    for name, value in (("update_every_at_reference", update_every_at_reference),
-                        ("reference_batch", reference_batch), ("global_batch", global_batch)):
+    for name, value in (
+        ("update_every_at_reference", update_every_at_reference),
+        ("reference_batch", reference_batch),
+        ("global_batch", global_batch),
+    ):
         if int(value) <= 0 or int(value) != value:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     scaled = int(update_every_at_reference) * int(reference_batch) / int(global_batch)
     return max(1, int(math.floor(scaled + 0.5)))
 
 
-def gumbel_temperature(step: ArrayLike, total_steps: int, start: float,
-                       end: float) -> jnp.ndarray:
+def gumbel_temperature(step: ArrayLike, total_steps: int, start: float, end: float) -> jnp.ndarray:
     """Linear Gumbel-softmax temperature for the token selector. Jittable.
 
     tau = start + (end - start) * step / T (the reference's `get_tau`, not clipped). Here `step`

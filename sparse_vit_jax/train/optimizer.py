@@ -12,43 +12,62 @@ from flax import traverse_util
 NO_DECAY_NAMES = ('pos_embed', 'cls_token')
 
 
-def deit_lr_schedule(peak: float, total_steps: int, warmup_steps: int, warmup_lr: float,
-                     min_lr: float) -> optax.Schedule:
-  """timm's CosineLRScheduler (warmup_prefix=False) stepped per iteration instead of per epoch.
+def deit_lr_schedule(
+    peak: float, total_steps: int, warmup_steps: int, warmup_lr: float, min_lr: float
+) -> optax.Schedule:
+    """timm's CosineLRScheduler (warmup_prefix=False) stepped per iteration instead of per epoch.
 
-  During warmup the lr rises linearly from `warmup_lr`; afterwards it follows the cosine from
-  `peak` to `min_lr` over the whole run, warmup included (so it joins the cosine just below peak).
-  """
+    During warmup the lr rises linearly from `warmup_lr`; afterwards it follows the cosine from
+    `peak` to `min_lr` over the whole run, warmup included (so it joins the cosine just below peak).
+    """
 
-  def schedule(step):
-    step = jnp.asarray(step, jnp.float32)
-    warm = warmup_lr + (peak - warmup_lr) * step / max(warmup_steps, 1)
-    cosine = min_lr + 0.5 * (peak - min_lr) * (1 + jnp.cos(jnp.pi * step / max(total_steps, 1)))
-    return jnp.where(step < warmup_steps, warm, cosine)
+    def schedule(step):
+        step = jnp.asarray(step, jnp.float32)
+        warm = warmup_lr + (peak - warmup_lr) * step / max(warmup_steps, 1)
+        cosine = min_lr + 0.5 * (peak - min_lr) * (1 + jnp.cos(jnp.pi * step / max(total_steps, 1)))
+        return jnp.where(step < warmup_steps, warm, cosine)
 
-  return schedule
+    return schedule
 
 
 def weight_decay_mask(params: Any) -> Any:
-  """True where AdamW decays: every param with ndim > 1 except the position embedding and cls."""
-  flat = traverse_util.flatten_dict(params)
-  return traverse_util.unflatten_dict({
-      path: leaf.ndim > 1 and path[-1] not in NO_DECAY_NAMES for path, leaf in flat.items()})
+    """True where AdamW decays: every param with ndim > 1 except the position embedding and cls."""
+    flat = traverse_util.flatten_dict(params)
+    return traverse_util.unflatten_dict(
+        {path: leaf.ndim > 1 and path[-1] not in NO_DECAY_NAMES for path, leaf in flat.items()}
+    )
 
 
 def peak_learning_rate(optimizer_config: Any, global_batch: int) -> float:
-  """DeiT scales the lr linearly with the global batch: lr · batch / lr_base_batch."""
-  return optimizer_config.lr * global_batch / optimizer_config.lr_base_batch
+    """DeiT scales the lr linearly with the global batch: lr · batch / lr_base_batch."""
+    return optimizer_config.lr * global_batch / optimizer_config.lr_base_batch
 
 
-def adamw(optimizer_config: Any, params_shape: Any, *, global_batch: int, total_steps: int,
-          steps_per_epoch: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """AdamW with the DeiT recipe; returns the transformation and its lr schedule."""
-  o = optimizer_config
-  schedule = deit_lr_schedule(peak_learning_rate(o, global_batch), total_steps,
-                              round(o.warmup_epochs * steps_per_epoch), o.warmup_lr, o.min_lr)
-  tx = optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay,
-                   mask=weight_decay_mask(params_shape))
-  if o.grad_clip_norm > 0:
-    tx = optax.chain(optax.clip_by_global_norm(o.grad_clip_norm), tx)
-  return tx, schedule
+def adamw(
+    optimizer_config: Any,
+    params_shape: Any,
+    *,
+    global_batch: int,
+    total_steps: int,
+    steps_per_epoch: int,
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """AdamW with the DeiT recipe; returns the transformation and its lr schedule."""
+    o = optimizer_config
+    schedule = deit_lr_schedule(
+        peak_learning_rate(o, global_batch),
+        total_steps,
+        round(o.warmup_epochs * steps_per_epoch),
+        o.warmup_lr,
+        o.min_lr,
+    )
+    tx = optax.adamw(
+        schedule,
+        b1=o.b1,
+        b2=o.b2,
+        eps=o.eps,
+        weight_decay=o.weight_decay,
+        mask=weight_decay_mask(params_shape),
+    )
+    if o.grad_clip_norm > 0:
+        tx = optax.chain(optax.clip_by_global_norm(o.grad_clip_norm), tx)
+    return tx, schedule

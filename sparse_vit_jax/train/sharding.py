@@ -19,37 +19,40 @@ DATA_AXES = ('data', 'fsdp')
 
 
 def make_mesh(mesh_config: Any) -> Mesh:
-  """A (data, fsdp) mesh over all devices; data=-1 takes whatever fsdp leaves."""
-  devices = jax.device_count()
-  fsdp = mesh_config.fsdp
-  data = mesh_config.data if mesh_config.data > 0 else devices // fsdp
-  if data * fsdp != devices:
-    raise ValueError(f'mesh data={mesh_config.data} × fsdp={fsdp} does not match the '
-                     f'{devices} devices; set config.mesh.data=-1 or make the product {devices}')
-  # Auto axis types: classic GSPMD propagation (jax.make_mesh defaults to explicit types now).
-  return Mesh(mesh_utils.create_device_mesh((data, fsdp)), DATA_AXES)
+    """A (data, fsdp) mesh over all devices; data=-1 takes whatever fsdp leaves."""
+    devices = jax.device_count()
+    fsdp = mesh_config.fsdp
+    data = mesh_config.data if mesh_config.data > 0 else devices // fsdp
+    if data * fsdp != devices:
+        raise ValueError(
+            f'mesh data={mesh_config.data} × fsdp={fsdp} does not match the '
+            f'{devices} devices; set config.mesh.data=-1 or make the product {devices}'
+        )
+    # Auto axis types: classic GSPMD propagation (jax.make_mesh defaults to explicit types now).
+    return Mesh(mesh_utils.create_device_mesh((data, fsdp)), DATA_AXES)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, P(DATA_AXES))
+    return NamedSharding(mesh, P(DATA_AXES))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, P())
+    return NamedSharding(mesh, P())
 
 
-def fsdp_spec(shape: tuple[int, ...], fsdp: int, min_size: int = 2 ** 18) -> P:
-  """Shards the largest dimension `fsdp` divides, for arrays of at least `min_size` elements."""
-  if fsdp == 1 or int(np.prod(shape, dtype=np.int64)) < min_size:
+def fsdp_spec(shape: tuple[int, ...], fsdp: int, min_size: int = 2**18) -> P:
+    """Shards the largest dimension `fsdp` divides, for arrays of at least `min_size` elements."""
+    if fsdp == 1 or int(np.prod(shape, dtype=np.int64)) < min_size:
+        return P()
+    for dim in sorted(range(len(shape)), key=lambda d: -shape[d]):
+        if shape[dim] % fsdp == 0:
+            return P(*[('fsdp' if d == dim else None) for d in range(len(shape))])
     return P()
-  for dim in sorted(range(len(shape)), key=lambda d: -shape[d]):
-    if shape[dim] % fsdp == 0:
-      return P(*[('fsdp' if d == dim else None) for d in range(len(shape))])
-  return P()
 
 
 def state_shardings(abstract_state: Any, mesh: Mesh) -> Any:
-  """Shardings for every leaf of a (train) state, by the shape rule above."""
-  fsdp = mesh.shape['fsdp']
-  return jax.tree.map(lambda x: NamedSharding(mesh, fsdp_spec(tuple(x.shape), fsdp)),
-                      abstract_state)
+    """Shardings for every leaf of a (train) state, by the shape rule above."""
+    fsdp = mesh.shape['fsdp']
+    return jax.tree.map(
+        lambda x: NamedSharding(mesh, fsdp_spec(tuple(x.shape), fsdp)), abstract_state
+    )

@@ -14,29 +14,38 @@ from sparse_vit_jax.sparsity import api as sparsity_api
 
 @flax.struct.dataclass
 class TrainState:
-  step: jax.Array             # int32: optimizer steps taken
-  params: Any
-  opt_state: optax.OptState    # holds the masks when a sparse method runs
-  nonfinite_step: jax.Array   # int32: first step whose loss or gradient was not finite, else -1
-  ema_params: Any = None
+    step: jax.Array  # int32: optimizer steps taken
+    params: Any
+    opt_state: optax.OptState  # holds the masks when a sparse method runs
+    nonfinite_step: jax.Array  # int32: first step whose loss or gradient was not finite, else -1
+    ema_params: Any = None
 
-  @property
-  def masks(self) -> dict | None:
-    """The masks pytree ({'weights', 'heads', 'neurons'}) or None for dense training."""
-    return sparsity_api.masks_of(self.opt_state)
+    @property
+    def masks(self) -> dict | None:
+        """The masks pytree ({'weights', 'heads', 'neurons'}) or None for dense training."""
+        return sparsity_api.masks_of(self.opt_state)
 
 
 def init_params(model: Any, key: jax.Array, image_shape: tuple[int, ...]) -> Any:
-  """Fresh params (only the 'params' collection) for images of `image_shape` (H, W, C)."""
-  return model.init(key, jnp.zeros((1,) + tuple(image_shape), jnp.float32))['params']
+    """Fresh params (only the 'params' collection) for images of `image_shape` (H, W, C)."""
+    return model.init(key, jnp.zeros((1,) + tuple(image_shape), jnp.float32))['params']
 
 
-def create_train_state(model: Any, tx: optax.GradientTransformation, key: jax.Array,
-                       image_shape: tuple[int, ...], ema: bool = False) -> TrainState:
-  """Initializes params and optimizer state; the optimizer applies the initial masks."""
-  params = init_params(model, key, image_shape)
-  opt_state = tx.init(params)
-  params = sparsity_api.apply_masks(params, opt_state)
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
-                    nonfinite_step=jnp.full((), -1, jnp.int32),
-                    ema_params=params if ema else None)
+def create_train_state(
+    model: Any,
+    tx: optax.GradientTransformation,
+    key: jax.Array,
+    image_shape: tuple[int, ...],
+    ema: bool = False,
+) -> TrainState:
+    """Initializes params and optimizer state; the optimizer applies the initial masks."""
+    params = init_params(model, key, image_shape)
+    opt_state = tx.init(params)
+    params = sparsity_api.apply_masks(params, opt_state)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=opt_state,
+        nonfinite_step=jnp.full((), -1, jnp.int32),
+        ema_params=params if ema else None,
+    )

@@ -23,120 +23,148 @@ STREAMS = ('dropout', 'gumbel', 'mixup', 'sparsity')
 
 
 def step_keys(seed: int, step: jax.Array) -> dict[str, jax.Array]:
-  key = jax.random.fold_in(jax.random.key(seed), step)
-  return dict(zip(STREAMS, jax.random.split(key, len(STREAMS))))
+    key = jax.random.fold_in(jax.random.key(seed), step)
+    return dict(zip(STREAMS, jax.random.split(key, len(STREAMS))))
 
 
 def smooth_one_hot(labels: jax.Array, num_classes: int, smoothing: float) -> jax.Array:
-  """timm's label smoothing: off = s / C everywhere, on = 1 - s + s / C."""
-  off = smoothing / num_classes
-  return jax.nn.one_hot(labels, num_classes) * (1.0 - smoothing) + off
+    """timm's label smoothing: off = s / C everywhere, on = 1 - s + s / C."""
+    off = smoothing / num_classes
+    return jax.nn.one_hot(labels, num_classes) * (1.0 - smoothing) + off
 
 
-def head_scores(head_outputs: list[jax.Array], output_grads: list[jax.Array]) -> dict[str, jax.Array]:
-  """S²ViTE head scores per block, [depth, heads]: the first-order Taylor importance
-  mean_b |Σ_{n,d} A·∂L/∂A| and the output-gradient L1 norm mean_b Σ_{n,d} |∂L/∂A|."""
-  taylor = [jnp.abs(jnp.sum(a * g, axis=(1, 3))).mean(0) for a, g in zip(head_outputs, output_grads)]
-  norms = [jnp.abs(g).sum(axis=(1, 3)).mean(0) for g in output_grads]
-  return {'head_taylor': jnp.stack(taylor), 'head_grad_norm': jnp.stack(norms)}
+def head_scores(
+    head_outputs: list[jax.Array], output_grads: list[jax.Array]
+) -> dict[str, jax.Array]:
+    """S²ViTE head scores per block, [depth, heads]: the first-order Taylor importance
+    mean_b |Σ_{n,d} A·∂L/∂A| and the output-gradient L1 norm mean_b Σ_{n,d} |∂L/∂A|."""
+    taylor = [
+        jnp.abs(jnp.sum(a * g, axis=(1, 3))).mean(0) for a, g in zip(head_outputs, output_grads)
+    ]
+    norms = [jnp.abs(g).sum(axis=(1, 3)).mean(0) for g in output_grads]
+    return {'head_taylor': jnp.stack(taylor), 'head_grad_norm': jnp.stack(norms)}
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainStep:
-  """Everything a train step needs besides the state and the batch.
+    """Everything a train step needs besides the state and the batch.
 
-  Attributes:
-    forward_masks: maps the optimizer's masks to the masks the forward pass takes (e.g. only the
-      head/neuron gates in improved structured mode; None when the weights carry the zeros).
-    needs_head_scores: whether the optimizer wants S²ViTE head scores at update steps.
-    mix: optional (key, images, labels) -> (images, soft targets) on device (Mixup/CutMix).
-    tau: optional step -> Gumbel temperature for the token selector.
-  """
-  model: Any
-  tx: optax.GradientTransformation
-  seed: int
-  num_classes: int
-  label_smoothing: float
-  forward_masks: Callable[[Any], Any] = lambda masks: None
-  needs_head_scores: bool = False
-  mix: Callable | None = None
-  tau: Callable | None = None
-  ema_decay: float = 0.0
+    Attributes:
+      forward_masks: maps the optimizer's masks to the masks the forward pass takes (e.g. only the
+        head/neuron gates in improved structured mode; None when the weights carry the zeros).
+      needs_head_scores: whether the optimizer wants S²ViTE head scores at update steps.
+      mix: optional (key, images, labels) -> (images, soft targets) on device (Mixup/CutMix).
+      tau: optional step -> Gumbel temperature for the token selector.
+    """
 
-  def _targets(self, keys, images, labels):
-    if self.mix is not None:
-      return self.mix(keys['mixup'], images, labels)
-    return images, smooth_one_hot(labels, self.num_classes, self.label_smoothing)
+    model: Any
+    tx: optax.GradientTransformation
+    seed: int
+    num_classes: int
+    label_smoothing: float
+    forward_masks: Callable[[Any], Any] = lambda masks: None
+    needs_head_scores: bool = False
+    mix: Callable | None = None
+    tau: Callable | None = None
+    ema_decay: float = 0.0
 
-  def __call__(self, state: TrainState, batch: dict[str, jax.Array]):
-    keys = step_keys(self.seed, state.step)
-    images, targets = self._targets(keys, batch['image'], batch['label'])
-    masks = self.forward_masks(state.masks)
-    extra = {} if self.tau is None else {'tau': self.tau(state.step)}
-    rngs = {'dropout': keys['dropout'], 'gumbel': keys['gumbel']}
+    def _targets(self, keys, images, labels):
+        if self.mix is not None:
+            return self.mix(keys['mixup'], images, labels)
+        return images, smooth_one_hot(labels, self.num_classes, self.label_smoothing)
 
-    def forward(params, perturbations=None):
-      """Logits and, when head scores are wanted, the head outputs (sown by the model)."""
-      if not self.needs_head_scores:
-        return self.model.apply({'params': params}, images, masks=masks, train=True, rngs=rngs,
-                                **extra), {}
-      variables = {'params': params}
-      if perturbations is not None:
-        variables['perturbations'] = perturbations
-      logits, inter = self.model.apply(variables, images, masks=masks, train=True, rngs=rngs,
-                                       mutable=['intermediates'], **extra)
-      return logits, inter['intermediates']
+    def __call__(self, state: TrainState, batch: dict[str, jax.Array]):
+        keys = step_keys(self.seed, state.step)
+        images, targets = self._targets(keys, batch['image'], batch['label'])
+        masks = self.forward_masks(state.masks)
+        extra = {} if self.tau is None else {'tau': self.tau(state.step)}
+        rngs = {'dropout': keys['dropout'], 'gumbel': keys['gumbel']}
 
-    def loss_fn(params, perturbations):
-      logits, inter = forward(params, perturbations)
-      loss = optax.softmax_cross_entropy(logits, targets).mean()
-      return loss, (logits, inter)
+        def forward(params, perturbations=None):
+            """Logits and, when head scores are wanted, the head outputs (sown by the model)."""
+            if not self.needs_head_scores:
+                return self.model.apply(
+                    {'params': params}, images, masks=masks, train=True, rngs=rngs, **extra
+                ), {}
+            variables = {'params': params}
+            if perturbations is not None:
+                variables['perturbations'] = perturbations
+            logits, inter = self.model.apply(
+                variables,
+                images,
+                masks=masks,
+                train=True,
+                rngs=rngs,
+                mutable=['intermediates'],
+                **extra,
+            )
+            return logits, inter['intermediates']
 
-    perturbations = None
-    if self.needs_head_scores:
-      # Zeros shaped like the head outputs: their gradient is ∂L/∂(head outputs).
-      sown = jax.eval_shape(lambda p: forward(p)[1], state.params)
-      perturbations = jax.tree.map(lambda t: jnp.zeros(t[0].shape, t[0].dtype), sown,
-                                   is_leaf=lambda x: isinstance(x, tuple))
-    (loss, (logits, inter)), (grads, output_grads) = jax.value_and_grad(
-        loss_fn, argnums=(0, 1), has_aux=True)(state.params, perturbations)
-    update_args = {}
-    if self.needs_head_scores:
-      blocks = sorted(output_grads, key=lambda name: int(name.split('_')[-1]))
-      update_args = head_scores(
-          [inter[b]['attn'][HEAD_OUTPUTS][0] for b in blocks],
-          [output_grads[b]['attn'][HEAD_OUTPUTS] for b in blocks])
-    updates, opt_state = self.tx.update(grads, state.opt_state, state.params, **update_args)
-    params = optax.apply_updates(state.params, updates)
+        def loss_fn(params, perturbations):
+            logits, inter = forward(params, perturbations)
+            loss = optax.softmax_cross_entropy(logits, targets).mean()
+            return loss, (logits, inter)
 
-    grad_norm = optax.global_norm(grads)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
-    if self.ema_decay:
-      new_state = new_state.replace(ema_params=jax.tree.map(
-          lambda e, p: self.ema_decay * e + (1 - self.ema_decay) * p, state.ema_params, params))
-    # Non-finite guard: keep the last finite state (so no non-finite checkpoint can ever be
-    # written) and remember the first step that went bad; the loop stops on it.
-    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
-    new_state = new_state.replace(nonfinite_step=jnp.where(
-        (state.nonfinite_step < 0) & ~finite, state.step, state.nonfinite_step))
-    metrics = {
-        'loss': loss,
-        'accuracy': jnp.mean(jnp.argmax(logits, -1) == jnp.argmax(targets, -1)),
-        'grad_norm': grad_norm,
+        perturbations = None
+        if self.needs_head_scores:
+            # Zeros shaped like the head outputs: their gradient is ∂L/∂(head outputs).
+            sown = jax.eval_shape(lambda p: forward(p)[1], state.params)
+            perturbations = jax.tree.map(
+                lambda t: jnp.zeros(t[0].shape, t[0].dtype),
+                sown,
+                is_leaf=lambda x: isinstance(x, tuple),
+            )
+        (loss, (logits, inter)), (grads, output_grads) = jax.value_and_grad(
+            loss_fn, argnums=(0, 1), has_aux=True
+        )(state.params, perturbations)
+        update_args = {}
+        if self.needs_head_scores:
+            blocks = sorted(output_grads, key=lambda name: int(name.split('_')[-1]))
+            update_args = head_scores(
+                [inter[b]['attn'][HEAD_OUTPUTS][0] for b in blocks],
+                [output_grads[b]['attn'][HEAD_OUTPUTS] for b in blocks],
+            )
+        updates, opt_state = self.tx.update(grads, state.opt_state, state.params, **update_args)
+        params = optax.apply_updates(state.params, updates)
+
+        grad_norm = optax.global_norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+        if self.ema_decay:
+            new_state = new_state.replace(
+                ema_params=jax.tree.map(
+                    lambda e, p: self.ema_decay * e + (1 - self.ema_decay) * p,
+                    state.ema_params,
+                    params,
+                )
+            )
+        # Non-finite guard: keep the last finite state (so no non-finite checkpoint can ever be
+        # written) and remember the first step that went bad; the loop stops on it.
+        new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+        new_state = new_state.replace(
+            nonfinite_step=jnp.where(
+                (state.nonfinite_step < 0) & ~finite, state.step, state.nonfinite_step
+            )
+        )
+        metrics = {
+            'loss': loss,
+            'accuracy': jnp.mean(jnp.argmax(logits, -1) == jnp.argmax(targets, -1)),
+            'grad_norm': grad_norm,
+        }
+        return new_state, metrics
+
+
+def eval_step(
+    model: Any, params: Any, masks: Any, batch: dict[str, jax.Array]
+) -> dict[str, jax.Array]:
+    """Sums over the real (unpadded) examples of a batch: count, loss, top-1 and top-5 hits."""
+    logits = model.apply({'params': params}, batch['image'], masks=masks, train=False)
+    weight = batch['mask'].astype(jnp.float32)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label'])
+    top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
+    return {
+        'count': weight.sum(),
+        'loss': (loss * weight).sum(),
+        'top1': ((jnp.argmax(logits, -1) == batch['label']) * weight).sum(),
+        'top5': ((top5 == batch['label'][:, None]).any(-1) * weight).sum(),
     }
-    return new_state, metrics
-
-
-def eval_step(model: Any, params: Any, masks: Any, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
-  """Sums over the real (unpadded) examples of a batch: count, loss, top-1 and top-5 hits."""
-  logits = model.apply({'params': params}, batch['image'], masks=masks, train=False)
-  weight = batch['mask'].astype(jnp.float32)
-  loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label'])
-  top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
-  return {
-      'count': weight.sum(),
-      'loss': (loss * weight).sum(),
-      'top1': ((jnp.argmax(logits, -1) == batch['label']) * weight).sum(),
-      'top5': ((top5 == batch['label'][:, None]).any(-1) * weight).sum(),
-  }

@@ -36,7 +36,13 @@ def by_kind(densities: dict, block: int = 0) -> dict:
 def test_erk_tiny_half_density_matches_reference_table():
     d = by_kind(distributions.erk(deit_shapes(*TINY), 0.5))
     assert {k: round(v, 3) for k, v in d.items()} == {
-        "qkv": 0.512, "proj": 0.768, "fc1": 0.480, "fc2": 0.480, "patch": 0.114, "head": 0.458}
+        "qkv": 0.512,
+        "proj": 0.768,
+        "fc1": 0.480,
+        "fc2": 0.480,
+        "patch": 0.114,
+        "head": 0.458,
+    }
 
 
 def test_erk_tiny_cifar100_matches_official_log():

@@ -9,8 +9,10 @@ from sparse_vit_jax.sparsity import distributions, masks
 
 DIM, HIDDEN, DEPTH, CLASSES = 8, 16, 2, 5
 PRUNABLE = ["patch_embed/kernel", "head/kernel"] + [
-    f"blocks_{i}/{name}/kernel" for i in range(DEPTH)
-    for name in ("attn/qkv", "attn/proj", "mlp/fc1", "mlp/fc2")]
+    f"blocks_{i}/{name}/kernel"
+    for i in range(DEPTH)
+    for name in ("attn/qkv", "attn/proj", "mlp/fc1", "mlp/fc2")
+]
 
 
 def tiny_params(make=lambda shape: jnp.zeros(shape)) -> dict:
@@ -27,9 +29,13 @@ def tiny_params(make=lambda shape: jnp.zeros(shape)) -> dict:
     }
     for i in range(DEPTH):
         params[f"blocks_{i}"] = {
-            "norm1": norm(), "norm2": norm(),
-            "attn": {"qkv": dense(DIM, 3 * DIM), "proj": dense(DIM, DIM),
-                     "token_selector": dense(DIM, 1)},
+            "norm1": norm(),
+            "norm2": norm(),
+            "attn": {
+                "qkv": dense(DIM, 3 * DIM),
+                "proj": dense(DIM, DIM),
+                "token_selector": dense(DIM, 1),
+            },
             "mlp": {"fc1": dense(DIM, HIDDEN), "fc2": dense(HIDDEN, DIM)},
         }
     return params
@@ -37,17 +43,20 @@ def tiny_params(make=lambda shape: jnp.zeros(shape)) -> dict:
 
 def flat(tree) -> dict:
     out = {}
-    for path, leaf in jax.tree_util.tree_flatten_with_path(
-            tree, is_leaf=lambda x: x is None)[0]:
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: x is None)[0]:
         out[masks.path_name(path)] = leaf
     return out
 
 
-@pytest.mark.parametrize("make", [
-    jnp.zeros,
-    lambda s: jax.ShapeDtypeStruct(s, jnp.float32),
-    tuple,
-], ids=["arrays", "shape_dtype_structs", "shape_tuples"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        jnp.zeros,
+        lambda s: jax.ShapeDtypeStruct(s, jnp.float32),
+        tuple,
+    ],
+    ids=["arrays", "shape_dtype_structs", "shape_tuples"],
+)
 def test_prunable_set_is_exactly_patch_qkv_proj_fc_head(make):
     params = tiny_params(make)
     assert sorted(masks.prunable_shapes(params)) == sorted(PRUNABLE)
@@ -118,8 +127,11 @@ def test_random_weight_masks_deterministic_and_per_layer_independent():
     # same-shaped layers get different masks (per-layer keys)
     assert not np.array_equal(a["blocks_0/mlp/fc1/kernel"], a["blocks_1/mlp/fc1/kernel"])
     # a layer's mask depends only on the key and its name, not on the other layers
-    alone = masks.random_weight_masks(jax.random.key(3), {"head": {"kernel": (DIM, CLASSES)}},
-                                      {"head/kernel": dens["head"]["kernel"]})
+    alone = masks.random_weight_masks(
+        jax.random.key(3),
+        {"head": {"kernel": (DIM, CLASSES)}},
+        {"head/kernel": dens["head"]["kernel"]},
+    )
     np.testing.assert_array_equal(alone["head"]["kernel"], a["head/kernel"])
 
 
@@ -130,9 +142,18 @@ def test_random_weight_masks_validates_densities():
         masks.random_weight_masks(jax.random.key(0), {"a": (2, 2)}, {"a": 1.5})
 
 
-@pytest.mark.parametrize("num_units,density,count", [
-    (3, 0.7, 2), (6, 0.5, 3), (12, 0.4, 4), (768, 0.7, 537), (1536, 0.7, 1075),
-    (3072, 0.6, 1843), (3072, 0.3, 921)])
+@pytest.mark.parametrize(
+    "num_units,density,count",
+    [
+        (3, 0.7, 2),
+        (6, 0.5, 3),
+        (12, 0.4, 4),
+        (768, 0.7, 537),
+        (1536, 0.7, 1075),
+        (3072, 0.6, 1843),
+        (3072, 0.3, 921),
+    ],
+)
 def test_random_unit_masks_counts_follow_reference_int_truncation(num_units, density, count):
     m = masks.random_unit_masks(jax.random.key(5), 4, num_units, density)
     assert m.shape == (4, num_units) and m.dtype == jnp.bool_
@@ -149,16 +170,19 @@ def test_random_unit_masks_rows_differ_and_deterministic():
 
 
 def test_density_stats():
-    m = {"a": {"kernel": jnp.array([[True, False], [False, False]]), "bias": None},
-         "b": jnp.ones((2, 3), bool)}
+    m = {
+        "a": {"kernel": jnp.array([[True, False], [False, False]]), "bias": None},
+        "b": jnp.ones((2, 3), bool),
+    }
     assert masks.weight_density_stats(m) == {"a/kernel": 0.25, "b": 1.0}
     assert masks.overall_weight_density(m) == pytest.approx(7 / 10)
 
 
 def test_exact_masks_reach_erk_overall_density():
     params = tiny_params()
-    m = masks.random_weight_masks(jax.random.key(7), params,
-                                  masks.layer_densities(params, 0.5), exact=True)
+    m = masks.random_weight_masks(
+        jax.random.key(7), params, masks.layer_densities(params, 0.5), exact=True
+    )
     total = sum(int(np.prod(s)) for s in masks.prunable_shapes(params).values())
     # per-layer rounding moves the overall count by at most half an entry per layer
     assert abs(masks.overall_weight_density(m) - 0.5) * total <= 0.5 * len(PRUNABLE)

@@ -14,11 +14,16 @@ import numpy as np
 from hypothesis import given, settings, strategies as st
 
 from sparse_vit_jax.sparsity.prune_grow import (
-    head_prune_grow, magnitude_prune_gradient_grow, neuron_prune_grow)
+    head_prune_grow,
+    magnitude_prune_gradient_grow,
+    neuron_prune_grow,
+)
 
 SHAPES = [(1,), (7,), (4, 6), (3, 5), (2, 3, 2, 2), (9, 4)]
-rates = st.one_of(st.sampled_from([0.0, 0.005, 0.1, 0.25, 0.5, 0.75, 1.0]),
-                  st.floats(0.0, 1.0, width=32, allow_subnormal=False))
+rates = st.one_of(
+    st.sampled_from([0.0, 0.005, 0.1, 0.25, 0.5, 0.75, 1.0]),
+    st.floats(0.0, 1.0, width=32, allow_subnormal=False),
+)
 
 
 def f32_count(rate: float, n: int) -> int:
@@ -27,6 +32,7 @@ def f32_count(rate: float, n: int) -> int:
 
 
 # ----------------------------------------------------------------------------- re-statements
+
 
 def reference_unstructured(w, g, m, rate, exact=False):
     size = m.size
@@ -82,6 +88,7 @@ def reference_neurons(fc1, fc2, g1, g2, mask, rate, exact=False):
 
 # ----------------------------------------------------------------------------- data
 
+
 @st.composite
 def layers(draw, nonzero_grads=False):
     shape = draw(st.sampled_from(SHAPES))
@@ -108,12 +115,14 @@ def prune_grow(w, g, m, rate, exact=False):
 
 # ----------------------------------------------------------------------------- unstructured
 
+
 @settings(max_examples=150, deadline=None)
 @given(layers(), st.booleans())
 def test_unstructured_matches_restatement(layer, exact):
     w, g, m, rate = layer
-    np.testing.assert_array_equal(prune_grow(w, g, m, rate, exact),
-                                  reference_unstructured(w, g, m, rate, exact))
+    np.testing.assert_array_equal(
+        prune_grow(w, g, m, rate, exact), reference_unstructured(w, g, m, rate, exact)
+    )
 
 
 @settings(max_examples=80, deadline=None)
@@ -181,6 +190,7 @@ def test_removed_are_exactly_the_r_smallest_active(seed, shape, rate):
 
 # ----------------------------------------------------------------------------- structured
 
+
 @st.composite
 def blocks(draw):
     hidden, heads = draw(st.integers(1, 10)), draw(st.integers(1, 8))
@@ -189,8 +199,9 @@ def blocks(draw):
     fc1 = (rng.integers(-2, 3, (3, hidden)) * mask[None, :]).astype(np.float32)
     fc2 = (rng.integers(-2, 3, (hidden, 3)) * mask[:, None]).astype(np.float32)
     sparse_grad = rng.random() < 0.5
-    g1 = (rng.integers(-2, 3, (3, hidden)) * (rng.random((3, hidden)) < (0.2 if sparse_grad else 1))
-          ).astype(np.float32)
+    g1 = (
+        rng.integers(-2, 3, (3, hidden)) * (rng.random((3, hidden)) < (0.2 if sparse_grad else 1))
+    ).astype(np.float32)
     g2 = rng.integers(-2, 3, (hidden, 3)).astype(np.float32) * (not sparse_grad)
     head_mask = rng.random(heads) < 0.6
     taylor = rng.integers(0, 3, heads).astype(np.float32)

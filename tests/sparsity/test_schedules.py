@@ -22,8 +22,9 @@ def torch_cosine_annealing(base: float, eta_min: float, total: int, steps: int) 
         if (t - 1 - total) % (2 * total) == 0:
             lr = lr + (base - eta_min) * (1 - math.cos(math.pi / total)) / 2
         else:
-            lr = ((1 + math.cos(math.pi * t / total)) / (1 + math.cos(math.pi * (t - 1) / total))
-                  * (lr - eta_min) + eta_min)
+            lr = (1 + math.cos(math.pi * t / total)) / (1 + math.cos(math.pi * (t - 1) / total)) * (
+                lr - eta_min
+            ) + eta_min
         rates.append(lr)
     return rates
 
@@ -45,7 +46,9 @@ def test_prune_rate_golden_values_small():
 
 def test_prune_rate_jits_with_traced_step():
     f = jax.jit(lambda t: schedules.prune_rate(t, SMALL_T))
-    assert float(f(jnp.int32(15_000))) == pytest.approx(float(schedules.prune_rate(15_000, SMALL_T)))
+    assert float(f(jnp.int32(15_000))) == pytest.approx(
+        float(schedules.prune_rate(15_000, SMALL_T))
+    )
 
 
 @settings(max_examples=50, deadline=None)
@@ -74,18 +77,33 @@ def test_update_step_bound_is_strict():
     assert schedules.last_update_step_bound(10, 0.8) == 7
     assert [bool(schedules.is_update_step(t, 4, 10)) for t in (0, 4, 8)] == [False, True, False]
     assert [bool(schedules.is_update_step(t, 2, 10)) for t in range(1, 11)] == [
-        False, True, False, True, False, True, False, False, False, False]
+        False,
+        True,
+        False,
+        True,
+        False,
+        True,
+        False,
+        False,
+        False,
+        False,
+    ]
 
 
 def test_update_step_jits_with_traced_step():
     f = jax.jit(lambda t: schedules.is_update_step(t, 15_000, SMALL_T))
     assert [bool(f(jnp.int32(t))) for t in (15_000, 15_001, 1_200_000, 1_215_000)] == [
-        True, False, True, False]
+        True,
+        False,
+        True,
+        False,
+    ]
 
 
 @settings(max_examples=40, deadline=None)
-@given(total=st.integers(1, 400), every=st.integers(1, 50),
-       t_end=st.floats(0.0, 1.0, allow_nan=False))
+@given(
+    total=st.integers(1, 400), every=st.integers(1, 50), t_end=st.floats(0.0, 1.0, allow_nan=False)
+)
 def test_update_step_matches_python_predicate(total, every, t_end):
     steps = np.arange(0, 401, dtype=np.int32)  # one fixed shape: no recompilation per example
     got = np.asarray(schedules.is_update_step(steps, every, total, t_end))[: total + 1]
@@ -110,8 +128,11 @@ def test_scale_update_every_validates(args):
 
 
 @settings(max_examples=50, deadline=None)
-@given(every=st.integers(1, 100_000), ref=st.sampled_from([256, 512, 1024]),
-       batch=st.sampled_from([64, 128, 512, 1024, 4096]))
+@given(
+    every=st.integers(1, 100_000),
+    ref=st.sampled_from([256, 512, 1024]),
+    batch=st.sampled_from([64, 128, 512, 1024, 4096]),
+)
 def test_scale_update_every_keeps_examples_between_updates(every, ref, batch):
     scaled = schedules.scale_update_every(every, ref, batch)
     assert scaled >= 1
