@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
+
+import jax.numpy as jnp
 
 from sparse_vit_jax.models.vit import VisionTransformer
 
@@ -65,4 +67,16 @@ def create_model(name: str, **overrides: Any) -> VisionTransformer:
     return VisionTransformer(**model_kwargs(name, **overrides))
 
 
-__all__ = ['ALIASES', 'MODEL_CONFIGS', 'VisionTransformer', 'create_model', 'model_kwargs']
+def create_model_from_config(model_config: Mapping[str, Any]) -> VisionTransformer:
+    """The model a config's `model` section describes (name, constructor fields, dtype name)."""
+    kwargs = dict(model_config)
+    name = kwargs.pop('name')
+    kwargs['dtype'] = jnp.dtype(kwargs.get('dtype', 'float32'))
+    for field in ('num_heads', 'mlp_dim'):  # JSON turns per-layer tuples into lists
+        if isinstance(kwargs.get(field), list):
+            kwargs[field] = tuple(kwargs[field])
+    return create_model(name, **kwargs)
+
+
+__all__ = [
+    'create_model_from_config','ALIASES', 'MODEL_CONFIGS', 'VisionTransformer', 'create_model', 'model_kwargs']

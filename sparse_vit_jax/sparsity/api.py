@@ -60,3 +60,16 @@ def apply_masks(params: Any, opt_state: Any) -> Any:
     """Params with the zero invariant enforced for the masks held in `opt_state` (if any)."""
     masks = masks_of(opt_state)
     return params if masks is None else apply_weight_masks(params, masks['weights'])
+
+
+def forward_masks(masks: dict | None, fidelity: str) -> dict | None:
+    """The masks the forward pass takes.
+
+    Weight masks never enter the forward pass (the zeros live in the params). Head and neuron
+    masks gate the unit outputs only in 'improved' fidelity; in 'reference' fidelity a pruned
+    head keeps emitting its v-bias through proj, as the official code does.
+    """
+    if masks is None or fidelity == 'reference':
+        return None
+    gates = {k: masks.get(k) for k in ('heads', 'neurons')}
+    return gates if any(v is not None for v in gates.values()) else None

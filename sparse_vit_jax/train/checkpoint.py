@@ -142,16 +142,15 @@ class Checkpointer:
             ema_params=train['ema_params'],
         )
 
-    def restore_model(
-        self, params_target: Any, masks_target: Any, step: int | None = None
-    ) -> tuple[Any, Any]:
+    def restore_model(self, params_target: Any, step: int | None = None) -> tuple[Any, Any]:
         """Params and masks only (no optimizer state), e.g. for evaluation or export.
 
-        Masks are None for a dense run (and `masks_target` is then ignored).
+        Params are restored into `params_target` (so a checkpoint of another model size fails
+        clearly); masks are plain bool arrays restored as saved, or None for a dense run.
         """
         step = self._step(step)
         items = dict(params=ocp.args.StandardRestore(_abstract(params_target)))
         if self.meta(step)['has_masks']:
-            items['masks'] = ocp.args.StandardRestore(_abstract(masks_target))
+            items['masks'] = ocp.args.StandardRestore()
         restored = self._restore(step, **items)
         return restored['params'], restored.get('masks')

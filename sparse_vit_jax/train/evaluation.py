@@ -30,3 +30,47 @@ def evaluate(
     totals = jax.tree.map(lambda x: float(np.asarray(x)), totals)
     count = totals.pop('count')
     return {**{k: v / count for k, v in totals.items()}, 'num_examples': int(count)}
+
+
+def evaluate_checkpoint(
+    workdir: str, *, step: int | None = None, data_dir: str | None = None, split: str | None = None
+) -> dict[str, Any]:
+    """Restores a checkpoint's model (no optimizer state) and evaluates it on its eval split.
+
+    Returns the eval metrics, the parameter counts and per-layer densities, and
+    `params_fingerprint` (SHA-256 over params and masks).
+    """
+    import ml_collections
+
+    from sparse_vit_jax import data as data_lib
+    from sparse_vit_jax.models import create_model_from_config
+    from sparse_vit_jax.sparsity import api as sparsity_api
+    from sparse_vit_jax.train.checkpoint import Checkpointer
+    from sparse_vit_jax.train.report import describe, params_fingerprint
+    from sparse_vit_jax.train.state import init_params
+
+    checkpointer = Checkpointer(workdir, create=False)
+    meta = checkpointer.meta(step)
+    config = ml_collections.ConfigDict(meta['config'])
+    if data_dir is not None:
+        config.data.data_dir = data_dir
+    if split is not None:
+        config.data.eval_split = split
+    model = create_model_from_config(config.model)
+    _, eval_input = data_lib.make_inputs(config)
+    channels = len(config.data.mean)
+    shape = (config.model.image_size, config.model.image_size, channels)
+    params_shape = jax.eval_shape(lambda: init_params(model, jax.random.key(0), shape))
+    params, masks = checkpointer.restore_model(params_shape, step=meta['step'])
+    mesh = sharding_lib.make_mesh(config.mesh)
+    params = jax.device_put(params, sharding_lib.replicated(mesh))
+    gates = sparsity_api.forward_masks(masks, config.sparsity.fidelity)
+    results = evaluate(make_eval_fn(model, mesh), params, gates, eval_input, mesh)
+    return {
+        'step': meta['step'],
+        'model': config.model.name,
+        'method': config.sparsity.method,
+        **results,
+        **describe(params, masks),
+        'params_fingerprint': params_fingerprint(params, masks),
+    }

@@ -7,13 +7,12 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from sparse_vit_jax import config as config_lib
 from sparse_vit_jax import data as data_lib
-from sparse_vit_jax.models import create_model
+from sparse_vit_jax.models import create_model_from_config
 from sparse_vit_jax.train import evaluation
 from sparse_vit_jax.train import optimizer as optimizer_lib
 from sparse_vit_jax.train import sharding as sharding_lib
@@ -27,14 +26,6 @@ logger = logging.getLogger(__name__)
 
 class NonFiniteError(FloatingPointError):
     """The loss or the gradient stopped being finite."""
-
-
-def build_model(model_config: ml_collections.ConfigDict):
-    """The model a config's `model` section describes."""
-    kwargs = dict(model_config)
-    name = kwargs.pop('name')
-    kwargs['dtype'] = jnp.dtype(kwargs['dtype'])
-    return create_model(name, **kwargs)
 
 
 def image_shape(config: ml_collections.ConfigDict, train_input: data_lib.TrainInput) -> tuple:
@@ -56,7 +47,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     train_input, eval_input = data_lib.make_inputs(config)
     steps_per_epoch = train_input.steps_per_epoch
     total_steps = max(1, round(config.num_epochs * steps_per_epoch))
-    model = build_model(config.model)
+    model = create_model_from_config(config.model)
     shape = image_shape(config, train_input)
     init_key = jax.random.fold_in(jax.random.key(config.seed), 0x1417)
 

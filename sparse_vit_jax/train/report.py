@@ -1,0 +1,46 @@
+"""What a checkpoint holds, in numbers: parameter counts, per-layer densities, a fingerprint."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import jax
+import numpy as np
+
+from sparse_vit_jax.sparsity import masks as masks_lib
+
+
+def _named_leaves(tree: Any) -> list[tuple[str, np.ndarray]]:
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    named = [(masks_lib.path_name(path), np.asarray(leaf)) for path, leaf in leaves]
+    return sorted(named, key=lambda item: item[0])
+
+
+def params_fingerprint(params: Any, masks: Any = None) -> str:
+    """SHA-256 over every param (and mask) leaf in sorted path order: name, dtype, shape, bytes.
+
+    Equal fingerprints mean bit-identical weights, so two runs can be compared exactly.
+    """
+    digest = hashlib.sha256()
+    for prefix, tree in (('params', params), ('masks', masks)):
+        for name, leaf in _named_leaves(tree):
+            digest.update(f'{prefix}/{name}:{leaf.dtype.str}:{leaf.shape}'.encode())
+            digest.update(np.ascontiguousarray(leaf).tobytes())
+    return digest.hexdigest()
+
+
+def describe(params: Any, masks: dict | None) -> dict[str, Any]:
+    """Parameter counts and the density of every masked layer / structured unit set."""
+    counts = [leaf.size for _, leaf in _named_leaves(params)]
+    nonzero = [int(np.count_nonzero(leaf)) for _, leaf in _named_leaves(params)]
+    report: dict[str, Any] = {'num_params': int(sum(counts)), 'nonzero_params': int(sum(nonzero))}
+    if masks is None:
+        return report
+    if masks.get('weights') is not None:
+        report['layer_density'] = masks_lib.weight_density_stats(masks['weights'])
+        report['density'] = masks_lib.overall_weight_density(masks['weights'])
+    for unit in ('heads', 'neurons'):
+        if masks.get(unit) is not None:
+            report[f'active_{unit}'] = np.asarray(masks[unit]).sum(axis=1).tolist()
+    return report
