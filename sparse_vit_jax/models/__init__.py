@@ -24,7 +24,7 @@ MODEL_CONFIGS: dict[str, dict[str, Any]] = {
         patch_size=7,
         embed_dim=64,
         depth=4,
-        num_heads=2,
+        num_heads=4,
         mlp_dim=128,
         drop_path_rate=0.0,
         init_scheme='xavier',
@@ -79,4 +79,10 @@ def create_model_from_config(model_config: Mapping[str, Any]) -> VisionTransform
 
 
 __all__ = [
-    'create_model_from_config','ALIASES', 'MODEL_CONFIGS', 'VisionTransformer', 'create_model', 'model_kwargs']
+    'create_model_from_config',
+    'ALIASES',
+    'MODEL_CONFIGS',
+    'VisionTransformer',
+    'create_model',
+    'model_kwargs',
+]

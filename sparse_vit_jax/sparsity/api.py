@@ -12,6 +12,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from sparse_vit_jax.sparsity.masks import path_name
+
 
 class SparseState(NamedTuple):
     """State of the sparse transformation (see ``transform.py``).
@@ -23,7 +25,6 @@ class SparseState(NamedTuple):
       ever_active: params-shaped bool tree, the union of every weight mask used so far (the
         reference's "fired" masks).
       last_update: per-layer statistics of the latest prune/grow update (ints).
-      key: PRNG key data for random choices (uint32).
       inner_state: the wrapped optimizer's state.
     """
 
@@ -31,7 +32,6 @@ class SparseState(NamedTuple):
     masks: dict
     ever_active: Any
     last_update: dict
-    key: jax.Array
     inner_state: Any
 
 
@@ -73,3 +73,34 @@ def forward_masks(masks: dict | None, fidelity: str) -> dict | None:
         return None
     gates = {k: masks.get(k) for k in ('heads', 'neurons')}
     return gates if any(v is not None for v in gates.values()) else None
+
+
+def _named(tree: Any) -> dict[str, jax.Array]:
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {path_name(path): leaf for path, leaf in leaves}
+
+
+def summary(opt_state: Any) -> dict[str, Any] | None:
+    """Sparsity metrics on device (jit it; fetch at log time): per-layer density, the weights
+    moved by the latest update, the union of all masks so far ("fired"), unit counts."""
+    state = sparse_state(opt_state)
+    if state is None:
+        return None
+    weights = _named(state.masks['weights'])
+    active = {k: jnp.sum(m, dtype=jnp.int32) for k, m in weights.items()}
+    sizes = sum(m.size for m in weights.values())
+    fired = sum(jnp.sum(m, dtype=jnp.int32) for m in _named(state.ever_active).values())
+    moved = _named(state.last_update['moved'])
+    out = {
+        'density': sum(active.values()) / sizes,
+        'layer_density': {k: a / weights[k].size for k, a in active.items()},
+        'fired_density': fired / sizes,
+        'last_update_step': state.last_update['step'],
+        'moved': sum(moved.values()),
+        'layer_moved': moved,
+    }
+    for unit in ('heads', 'neurons'):
+        if state.masks[unit] is not None:
+            out[f'active_{unit}'] = jnp.sum(state.masks[unit], axis=1, dtype=jnp.int32)
+            out[f'moved_{unit}'] = state.last_update[f'moved_{unit}']
+    return out

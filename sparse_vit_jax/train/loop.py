@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from typing import Any
@@ -13,6 +14,7 @@ import numpy as np
 from sparse_vit_jax import config as config_lib
 from sparse_vit_jax import data as data_lib
 from sparse_vit_jax.models import create_model_from_config
+from sparse_vit_jax.sparsity import api as sparsity_api
 from sparse_vit_jax.train import evaluation
 from sparse_vit_jax.train import optimizer as optimizer_lib
 from sparse_vit_jax.train import sharding as sharding_lib
@@ -52,12 +54,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     init_key = jax.random.fold_in(jax.random.key(config.seed), 0x1417)
 
     params_shape = jax.eval_shape(lambda: init_params(model, init_key, shape))
-    tx, lr_schedule = optimizer_lib.adamw(
-        config.optimizer,
-        params_shape,
-        global_batch=config.batch_size,
-        total_steps=total_steps,
-        steps_per_epoch=steps_per_epoch,
+    tx, lr_schedule, spec = optimizer_lib.make_optimizer(
+        config, model, params_shape, total_steps=total_steps, steps_per_epoch=steps_per_epoch
     )
 
     def init_state():
@@ -83,6 +81,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         seed=config.seed,
         num_classes=config.model.num_classes,
         label_smoothing=config.label_smoothing,
+        forward_masks=functools.partial(
+            sparsity_api.forward_masks, fidelity=config.sparsity.fidelity
+        ),
+        needs_head_scores=spec is not None and spec.structured,
         ema_decay=config.ema_decay,
     )
     batch_sharding = sharding_lib.batch_sharding(mesh)
@@ -93,6 +95,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         donate_argnums=0,
     )
     eval_fn = evaluation.make_eval_fn(model, mesh)
+    sparsity_summary = jax.jit(sparsity_api.summary)
+    logged_update = -1
+
+    def log_sparsity(state: TrainState) -> None:
+        """Writes the sparsity record when a topology update happened since the last one."""
+        nonlocal logged_update
+        values = sparsity_summary(state.opt_state)
+        if values is None or int(values['last_update_step']) == logged_update:
+            return
+        logged_update = int(values['last_update_step'])
+        writer.write(int(state.step), 'sparsity', values)
+        logger.info(
+            'sparsity at step %d: density %.4f, fired %.4f, %d weights moved at step %d',
+            int(state.step),
+            float(values['density']),
+            float(values['fired_density']),
+            int(values['moved']),
+            logged_update,
+        )
+
     writer = MetricWriter(workdir)
     meta = {
         'config': config.to_dict(),
@@ -159,6 +181,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 lr=float(lr_schedule(done - 1)), images_per_sec=rate, epoch=done / steps_per_epoch
             )
             writer.write(done, 'train', values)
+            log_sparsity(state)
             eta = (total_steps - done) * config.batch_size / rate
             logger.info(
                 'step %d/%d | loss %.4f | acc %.3f | lr %.3g | %.0f img/s | ETA %s',

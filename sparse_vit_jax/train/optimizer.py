@@ -1,4 +1,5 @@
-"""The DeiT optimizer: AdamW, linear warmup then cosine, no weight decay on 1-D params and embeddings."""
+"""The optimizer of a run: DeiT AdamW (linear warmup then cosine, no weight decay on 1-D params
+and embeddings), wrapped in the sparse-training transformation for the sparse methods."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ from typing import Any
 import jax.numpy as jnp
 import optax
 from flax import traverse_util
+
+from sparse_vit_jax.sparsity import schedules
+from sparse_vit_jax.sparsity.transform import SparsitySpec, sparse_training
 
 # Never decayed besides 1-D params (biases, norms), as timm's `no_weight_decay` lists.
 NO_DECAY_NAMES = ('pos_embed', 'cls_token')
@@ -71,3 +75,51 @@ def adamw(
     if o.grad_clip_norm > 0:
         tx = optax.chain(optax.clip_by_global_norm(o.grad_clip_norm), tx)
     return tx, schedule
+
+
+def sparsity_spec(config: Any, model: Any, total_steps: int) -> SparsitySpec | None:
+    """The sparse-training description of a run config, or None for dense training."""
+    method = config.sparsity.method
+    if method == 'dense':
+        return None
+    s = config.sparsity
+    heads = model.heads_per_layer
+    if len(set(heads)) != 1 or len(set(model.mlp_per_layer)) != 1:
+        raise ValueError(
+            'sparse training needs a model with the same heads and MLP width in '
+            'every block (slim models are exported, not trained further)'
+        )
+    return SparsitySpec(
+        structured=method in ('s2vite', 's2viteplus'),
+        fidelity=s.fidelity,
+        total_steps=total_steps,
+        update_every=schedules.scale_update_every(
+            s.update_every, s.update_every_batch, config.batch_size
+        ),
+        t_end=s.t_end,
+        prune_rate=s.prune_rate,
+        final_prune_rate=s.final_prune_rate,
+        density=s.density,
+        distribution=s.distribution,
+        head_density=s.head_density,
+        neuron_density=s.neuron_density,
+        num_heads=heads[0],
+        head_dim=model.resolved_head_dim,
+        seed=config.seed,
+    )
+
+
+def make_optimizer(
+    config: Any, model: Any, params_shape: Any, *, total_steps: int, steps_per_epoch: int
+) -> tuple[optax.GradientTransformation, optax.Schedule, SparsitySpec | None]:
+    """The run's optimizer: DeiT AdamW, wrapped in sparse training unless the method is dense."""
+    inner, schedule = adamw(
+        config.optimizer,
+        params_shape,
+        global_batch=config.batch_size,
+        total_steps=total_steps,
+        steps_per_epoch=steps_per_epoch,
+    )
+    spec = sparsity_spec(config, model, total_steps)
+    tx = inner if spec is None else sparse_training(inner, spec)
+    return tx, schedule, spec
