@@ -1,0 +1,113 @@
+"""Shared fixtures: real TFDS datasets (a tiny hand-made one, and Fashion-MNIST), tiny configs,
+and a runner for code that needs several simulated CPU devices (set before JAX starts)."""
+
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+import sys
+import textwrap
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import tensorflow_datasets as tfds  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_SIZES = {'train': 37, 'test': 23}  # odd sizes: padding and remainders get exercised
+
+
+def write_tiny_dataset(data_dir: str, name: str = 'tiny_images', sizes=TINY_SIZES) -> None:
+    """A real TFDS dataset of 16×16 RGB images whose label is recoverable from the pixels."""
+    features = tfds.features.FeaturesDict(
+        {
+            'image': tfds.features.Image(shape=(16, 16, 3)),
+            'label': tfds.features.ClassLabel(num_classes=10),
+        }
+    )
+    rng = np.random.default_rng(0)
+    splits = {}
+    for split, size in sizes.items():
+        labels = np.arange(size) % 10
+        images = rng.integers(0, 64, (size, 16, 16, 3), dtype=np.uint8)
+        images[np.arange(size), labels, :, :] = 255  # a bright row at the label's index
+        splits[split] = tf.data.Dataset.from_tensor_slices({'image': images, 'label': labels})
+    tfds.dataset_builders.TfDataBuilder(
+        name=name, version='1.0.0', data_dir=data_dir, split_datasets=splits, features=features
+    ).download_and_prepare()
+
+
+@pytest.fixture(scope='session')
+def tiny_data_dir(tmp_path_factory) -> str:
+    data_dir = str(tmp_path_factory.mktemp('tfds'))
+    write_tiny_dataset(data_dir)
+    return data_dir
+
+
+def _tiny_config(data_dir: str, **overrides):
+    """The Fashion-MNIST config shrunk to the tiny dataset and the 'vit_test' model."""
+    from sparse_vit_jax import config as config_lib
+
+    sys.path.insert(0, os.path.join(REPO, 'configs'))
+    import fashion_mnist
+
+    c = fashion_mnist.get_config(overrides.pop('arg', None))
+    c.model = config_lib.model_config('vit_test')
+    c.data.update(
+        dict(name='tiny_images', data_dir=data_dir, shuffle_buffer=64, eval_batch_size=8)
+    )
+    c.data.mean, c.data.std = (0.3,) * 3, (0.3,) * 3
+    c.batch_size = 4
+    c.num_epochs = 1.0
+    c.log_every_steps = 3
+    c.checkpoint_every_steps = 3
+    c.eval_every_epochs = 100.0
+    c.optimizer.warmup_epochs = 0.2
+    for key, value in overrides.items():
+        target = c
+        *parents, leaf = key.split('.')
+        for parent in parents:
+            target = target[parent]
+        target[leaf] = value
+    return c
+
+
+@pytest.fixture(scope='session')
+def fashion_data_dir() -> str | None:
+    """The TFDS dir where Fashion-MNIST is prepared (prepared offline here if needed)."""
+    from sparse_vit_jax.data import fashion_mnist
+
+    data_dir = os.environ.get('TFDS_DATA_DIR')
+    fashion_mnist.prepare(data_dir)
+    return data_dir
+
+
+def _run_with_devices(code: str, devices: int = 8, timeout: int = 600) -> str:
+    """Runs `code` in a fresh Python with `devices` simulated CPU devices; returns its stdout."""
+    env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+    result = subprocess.run(
+        [sys.executable, '-c', textwrap.dedent(code)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+    )
+    if result.returncode != 0:
+        raise AssertionError(f'subprocess failed:\n{result.stdout}\n{result.stderr[-5000:]}')
+    return result.stdout
+
+
+@pytest.fixture
+def tiny_config(tiny_data_dir):
+    """tiny_config(arg=None, **{'dotted.key': value}) -> a run config on the tiny dataset."""
+    return functools.partial(_tiny_config, tiny_data_dir)
+
+
+@pytest.fixture(scope='session')
+def run_with_devices():
+    """run_with_devices(code, devices=8) -> stdout of `code` run with simulated devices."""
+    return _run_with_devices

@@ -1,0 +1,88 @@
+"""The TFDS pipeline: deterministic, resumable training streams; padded eval counts once."""
+
+import collections
+
+import jax
+import numpy as np
+import pytest
+
+from sparse_vit_jax import data as data_lib
+from sparse_vit_jax.data.pipeline import DatasetNotPreparedError, load_builder
+
+
+def _batches(stream, n):
+    return [next(stream) for _ in range(n)]
+
+
+def test_training_stream_is_deterministic_and_resumes_at_any_step(tiny_config):
+    train, _ = data_lib.make_inputs(tiny_config())
+    assert train.steps_per_epoch == 37 // 4
+    first = _batches(train.batches(), 20)  # crosses two epoch boundaries
+    again = _batches(train.batches(), 20)
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a['image'], b['image'])
+    for start in (5, 9, 13):  # mid-epoch, epoch boundary, second epoch
+        resumed = _batches(train.batches(start), 20 - start)
+        for a, b in zip(first[start:], resumed):
+            np.testing.assert_array_equal(a['image'], b['image'])
+            np.testing.assert_array_equal(a['label'], b['label'])
+    # Different epochs are shuffled and augmented differently.
+    assert not np.array_equal(first[0]['image'], first[9]['image'])
+
+
+def test_seed_changes_order_and_augmentation(tiny_config):
+    a, _ = data_lib.make_inputs(tiny_config(seed=0))
+    b, _ = data_lib.make_inputs(tiny_config(seed=1))
+    assert not np.array_equal(next(a.batches())['image'], next(b.batches())['image'])
+
+
+def test_repeated_augmentation_repeats_each_image_with_different_crops(tiny_config):
+    train, _ = data_lib.make_inputs(tiny_config(**{'data.repeats': 3, 'batch_size': 6}))
+    batch = next(train.batches())
+    labels = batch['label']
+    assert list(labels[:3]) == [labels[0]] * 3 and list(labels[3:]) == [labels[3]] * 3
+    assert not np.array_equal(batch['image'][0], batch['image'][1])
+
+
+def test_eval_counts_every_example_exactly_once(tiny_config, tiny_data_dir):
+    _, evaluation = data_lib.make_inputs(tiny_config(**{'data.eval_batch_size': 8}))
+    batches = list(evaluation.batches())
+    assert len(batches) == evaluation.num_batches == 3  # 23 examples, batches of 8
+    mask = np.concatenate([b['mask'] for b in batches])
+    labels = np.concatenate([b['label'] for b in batches])[mask]
+    assert mask.sum() == 23 and len(mask) == 24
+    expected = collections.Counter(np.arange(23) % 10)
+    assert collections.Counter(labels.tolist()) == expected
+
+
+def test_eval_counts_once_on_eight_devices(tiny_data_dir, run_with_devices):
+    out = run_with_devices(f'''
+        import sys; sys.path.insert(0, 'configs')
+        import jax, fashion_mnist
+        from sparse_vit_jax import data as data_lib, config as config_lib
+        from sparse_vit_jax.models import create_model_from_config
+        from sparse_vit_jax.train import evaluation, sharding
+        c = fashion_mnist.get_config()
+        c.model = config_lib.model_config('vit_test')
+        c.data.update(dict(name='tiny_images', data_dir={tiny_data_dir!r}, eval_batch_size=16,
+                           mean=(0.3,) * 3, std=(0.3,) * 3))
+        _, ev = data_lib.make_inputs(c)
+        mesh = sharding.make_mesh(c.mesh)
+        model = create_model_from_config(c.model)
+        params = model.init(jax.random.key(0), jax.numpy.zeros((1, 16, 16, 3)))['params']
+        r = evaluation.evaluate(evaluation.make_eval_fn(model, mesh), params, None, ev, mesh)
+        print(jax.device_count(), r['num_examples'], ev.num_batches)
+    ''')
+    assert out.split() == ['8', '23', '2']
+
+
+def test_batch_that_does_not_divide_the_devices_is_rejected(monkeypatch):
+    monkeypatch.setattr(jax, 'device_count', lambda: 8)  # the arithmetic of an 8-chip host
+    assert data_lib.local_batch_size(64) == 64
+    with pytest.raises(ValueError, match='does not divide evenly over 8 devices'):
+        data_lib.local_batch_size(12)
+
+
+def test_missing_dataset_names_the_command_that_prepares_it(tmp_path):
+    with pytest.raises(DatasetNotPreparedError, match='tools/prepare_data.py fashion_mnist'):
+        load_builder('fashion_mnist', str(tmp_path))

@@ -1,0 +1,130 @@
+"""The DeiT/ViT model: exact sizes, per-layer widths, gates, drop-path, head-output gradients."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sparse_vit_jax.models import create_model
+from sparse_vit_jax.models.vit import HEAD_OUTPUTS
+
+
+def _count(model, channels=3):
+    shape = (1, model.image_size, model.image_size, channels)
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape)))
+    return sum(x.size for x in jax.tree.leaves(variables['params']))
+
+
+@pytest.mark.parametrize(
+    'name, expected',
+    [
+        ('deit_tiny_patch16_224', 5_717_416),
+        ('deit_small_patch16_224', 22_050_664),
+        ('deit_base_patch16_224', 86_567_656),
+    ],
+)
+def test_deit_param_counts_match_timm(name, expected):
+    assert _count(create_model(name)) == expected
+
+
+def test_short_names_and_unknown_names():
+    assert _count(create_model('deit_tiny')) == 5_717_416
+    with pytest.raises(ValueError, match='unknown model'):
+        create_model('deit_huge')
+    with pytest.raises(ValueError, match='unknown model overrides'):
+        create_model('vit_test', depthh=3)
+
+
+def _init(model, batch=2, seed=0):
+    x = jax.random.normal(jax.random.key(seed), (batch, model.image_size, model.image_size, 3))
+    return model.init(jax.random.key(1), x)['params'], x
+
+
+def test_per_layer_heads_and_mlp_widths():
+    model = create_model('vit_test', num_heads=(1, 3), mlp_dim=(5, 7), head_dim=8)
+    params, x = _init(model)
+    assert params['blocks_0']['attn']['qkv']['kernel'].shape == (32, 3 * 1 * 8)
+    assert params['blocks_1']['attn']['proj']['kernel'].shape == (3 * 8, 32)
+    assert params['blocks_0']['mlp']['fc1']['kernel'].shape == (32, 5)
+    assert params['blocks_1']['mlp']['fc2']['kernel'].shape == (7, 32)
+    assert model.apply({'params': params}, x).shape == (2, 10)
+
+
+def test_head_gate_equals_zeroing_the_heads_proj_rows():
+    model = create_model('vit_test')  # 4 heads of 8
+    params, x = _init(model)
+    heads = jnp.array([[True, False, True, True], [False, True, True, False]])
+    gated = model.apply({'params': params}, x, masks={'heads': heads})
+    zeroed = jax.tree.map(lambda a: a, params)
+    for i in range(2):
+        rows = jnp.repeat(heads[i], 8)[:, None]
+        kernel = zeroed[f'blocks_{i}']['attn']['proj']['kernel']
+        zeroed[f'blocks_{i}']['attn']['proj']['kernel'] = jnp.where(rows, kernel, 0.0)
+    np.testing.assert_allclose(gated, model.apply({'params': zeroed}, x), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(gated, model.apply({'params': params}, x), atol=1e-4)
+
+
+def test_neuron_gate_equals_zeroing_fc2_rows():
+    model = create_model('vit_test')
+    params, x = _init(model)
+    neurons = jax.random.bernoulli(jax.random.key(3), 0.5, (2, 64))
+    gated = model.apply({'params': params}, x, masks={'neurons': neurons})
+    zeroed = jax.tree.map(lambda a: a, params)
+    for i in range(2):
+        fc2 = zeroed[f'blocks_{i}']['mlp']['fc2']['kernel']
+        zeroed[f'blocks_{i}']['mlp']['fc2']['kernel'] = jnp.where(neurons[i][:, None], fc2, 0.0)
+    np.testing.assert_allclose(gated, model.apply({'params': zeroed}, x), rtol=1e-5, atol=1e-6)
+
+
+def test_drop_path_is_random_in_training_only_and_grows_with_depth():
+    model = create_model('vit_test', drop_path_rate=0.5, depth=3)
+    params, x = _init(model, batch=16)
+    apply = lambda seed: model.apply(
+        {'params': params}, x, train=True, rngs={'dropout': jax.random.key(seed)}
+    )
+    assert not np.allclose(apply(0), apply(1))
+    np.testing.assert_array_equal(apply(0), apply(0))
+    eval_a = model.apply({'params': params}, x)
+    np.testing.assert_array_equal(eval_a, model.apply({'params': params}, x))
+    # timm spreads the rate linearly over depth: 0, 0.25, 0.5 — block 0 never drops.
+    no_drop_first = create_model('vit_test', drop_path_rate=0.5, depth=1)
+    p1, _ = _init(no_drop_first)
+    out = no_drop_first.apply({'params': p1}, x, train=True, rngs={'dropout': jax.random.key(0)})
+    np.testing.assert_allclose(out, no_drop_first.apply({'params': p1}, x), rtol=1e-6)
+
+
+def test_timm_init_statistics():
+    params, _ = _init(create_model('deit_tiny_patch16_224'), batch=1)
+    qkv = np.asarray(params['blocks_0']['attn']['qkv']['kernel'])
+    assert abs(qkv.std() - 0.02) < 0.001 and np.all(params['blocks_0']['attn']['qkv']['bias'] == 0)
+    conv = np.asarray(params['patch_embed']['kernel'])
+    bound = (16 * 16 * 3) ** -0.5  # PyTorch's kaiming_uniform(a=√5) = U(±1/sqrt(fan_in))
+    assert conv.max() <= bound and conv.min() >= -bound and conv.std() > bound / 2
+    assert np.all(params['norm']['scale'] == 1) and np.all(params['norm']['bias'] == 0)
+
+
+def test_head_output_gradient_matches_finite_differences():
+    """The perturbation gradient is ∂L/∂(head outputs), used for the S²ViTE head scores."""
+    model = create_model('vit_test')
+    params, x = _init(model)
+    _, shapes = jax.eval_shape(
+        lambda: model.apply({'params': params}, x, mutable=['intermediates'])
+    )
+    zeros = jax.tree.map(
+        lambda t: jnp.zeros(t[0].shape), shapes['intermediates'], is_leaf=lambda t: isinstance(t, tuple)
+    )
+
+    def loss(perturbations):
+        logits = model.apply({'params': params, 'perturbations': perturbations}, x)
+        return jnp.sum(jnp.sin(logits))
+
+    grads = jax.grad(loss)(zeros)
+    eps = 1e-3
+    for block, index in (('blocks_0', (0, 3, 1, 2)), ('blocks_1', (1, 0, 3, 7))):
+        bump = lambda sign: jax.tree.map(lambda a: a, zeros)
+        plus, minus = bump(1), bump(-1)
+        plus[block]['attn'][HEAD_OUTPUTS] = zeros[block]['attn'][HEAD_OUTPUTS].at[index].set(eps)
+        minus[block]['attn'][HEAD_OUTPUTS] = zeros[block]['attn'][HEAD_OUTPUTS].at[index].set(-eps)
+        numeric = (loss(plus) - loss(minus)) / (2 * eps)
+        analytic = grads[block]['attn'][HEAD_OUTPUTS][index]
+        np.testing.assert_allclose(analytic, numeric, rtol=2e-2, atol=1e-4)
