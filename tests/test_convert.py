@@ -161,11 +161,6 @@ def test_numpy_reference_matches_flax_with_converted_weights():
     np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason='models/vit.py uses Flax LayerNorm with use_fast_variance=True (E[x²] - E[x]²), which '
-    'cancels catastrophically when tokens have a large mean; timm computes E[(x - mean)²]',
-)
 def test_layer_norm_matches_timm_when_tokens_have_a_large_mean():
     """A residual stream offset by 10 (pretrained ViTs have large-norm tokens): still timm's."""
     state = random_state_dict(timm_layout(**SMALL_SIZES))
