@@ -128,7 +128,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.tokens = ml_collections.ConfigDict(
         dict(keep=0, mode='drop', eval_mode='topk', layerwise=False, tau_start=10.0, tau_end=0.1)
     )
-    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, fsdp_min_size=2**18))
     c.log_every_steps = 100
     c.eval_every_epochs = 10.0
     c.checkpoint_every_steps = 5000

@@ -62,7 +62,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         return create_train_state(model, tx, init_key, shape, ema=config.ema_decay > 0)
 
     abstract_state = jax.eval_shape(init_state)
-    state_sharding = sharding_lib.state_shardings(abstract_state, mesh)
+    state_sharding = sharding_lib.state_shardings(abstract_state, mesh, config.mesh.fsdp_min_size)
     checkpointer = Checkpointer(workdir, config.keep_checkpoints)
     if checkpointer.latest_step() is not None:
         target = jax.tree.map(

@@ -50,9 +50,9 @@ def fsdp_spec(shape: tuple[int, ...], fsdp: int, min_size: int = 2**18) -> P:
     return P()
 
 
-def state_shardings(abstract_state: Any, mesh: Mesh) -> Any:
+def state_shardings(abstract_state: Any, mesh: Mesh, min_size: int = 2**18) -> Any:
     """Shardings for every leaf of a (train) state, by the shape rule above."""
     fsdp = mesh.shape['fsdp']
     return jax.tree.map(
-        lambda x: NamedSharding(mesh, fsdp_spec(tuple(x.shape), fsdp)), abstract_state
+        lambda x: NamedSharding(mesh, fsdp_spec(tuple(x.shape), fsdp, min_size)), abstract_state
     )
