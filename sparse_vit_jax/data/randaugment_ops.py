@@ -4,8 +4,8 @@ timm 0.3.2 applies RandAugment to PIL images, so each op here reproduces what
 the corresponding PIL call does to a uint8 RGB image:
 
 * point ops (invert, posterize, solarize, solarize_add, auto_contrast,
-  equalize) are 256-entry lookup tables, computed with PIL's integer or
-  float64 arithmetic so they agree with PIL bit for bit;
+  equalize) use PIL's integer or float64 arithmetic, so they agree with PIL
+  bit for bit;
 * the `ImageEnhance` ops (brightness, color, contrast, sharpness) are
   `Image.blend(degenerate, image, factor)`: float32 arithmetic truncated to
   uint8, clipped when the factor extrapolates (factor > 1);
@@ -29,18 +29,11 @@ _SMOOTH_KERNEL = ((1., 1., 1.), (1., 5., 1.), (1., 1., 1.))
 _SMOOTH_SCALE = 13.
 
 
-def _apply_lut(image, lut):
-  """Maps every pixel through `lut` ([256] shared or [3, 256] per channel)."""
-  index = tf.cast(image, tf.int32)
-  if lut.shape.rank == 2:
-    # Flatten the per-channel tables so one gather serves all channels.
-    index += tf.range(3, dtype=tf.int32) * 256
-    lut = tf.reshape(lut, [-1])
-  return tf.gather(tf.cast(lut, tf.uint8), index)
-
-
-def _levels():
-  return tf.range(256, dtype=tf.int32)
+def _apply_channel_luts(image, luts):
+  """Maps channel c of every pixel through luts[c] ([3, 256] table)."""
+  # Offset each channel into its own table so one gather serves all three.
+  index = tf.cast(image, tf.int32) + tf.range(3, dtype=tf.int32) * 256
+  return tf.gather(tf.cast(tf.reshape(luts, [-1]), tf.uint8), index)
 
 
 def invert(image):
@@ -57,17 +50,17 @@ def posterize(image, bits):
 
 def solarize(image, threshold):
   """PIL ImageOps.solarize: invert pixels >= threshold, keep the others."""
-  threshold = tf.cast(threshold, tf.int32)
-  levels = _levels()
-  return _apply_lut(image, tf.where(levels < threshold, levels, 255 - levels))
+  pixels = tf.cast(image, tf.int32)
+  return tf.cast(tf.where(pixels < tf.cast(threshold, tf.int32), pixels,
+                          255 - pixels), tf.uint8)
 
 
 def solarize_add(image, addition, threshold=128):
   """timm solarize_add: pixels < threshold get min(255, x + addition)."""
-  levels = _levels()
-  added = tf.minimum(levels + tf.cast(addition, tf.int32), 255)
-  lut = tf.where(levels < tf.cast(threshold, tf.int32), added, levels)
-  return _apply_lut(image, lut)
+  pixels = tf.cast(image, tf.int32)
+  added = tf.minimum(pixels + tf.cast(addition, tf.int32), 255)
+  return tf.cast(tf.where(pixels < tf.cast(threshold, tf.int32), added,
+                          pixels), tf.uint8)
 
 
 def _channel_histograms(image):
@@ -84,14 +77,13 @@ def auto_contrast(image):
   PIL maps x -> int(x * scale + offset) in float64 with scale = 255/(hi-lo),
   offset = -lo*scale, clipped; channels with hi <= lo are left unchanged.
   """
-  present = _channel_histograms(image) > 0
-  levels = tf.range(256, dtype=tf.float64)
-  lo = tf.reduce_min(tf.where(present, levels, 256.), axis=1, keepdims=True)
-  hi = tf.reduce_max(tf.where(present, levels, -1.), axis=1, keepdims=True)
+  pixels = tf.cast(image, tf.float64)
+  lo = tf.reduce_min(pixels, axis=[0, 1])
+  hi = tf.reduce_max(pixels, axis=[0, 1])
   scale = 255. / tf.maximum(hi - lo, 1.)
-  stretched = tf.clip_by_value(tf.floor(levels * scale - lo * scale), 0., 255.)
-  lut = tf.where(hi > lo, stretched, levels)
-  return _apply_lut(image, tf.cast(lut, tf.int32))
+  stretched = tf.clip_by_value(tf.floor(pixels * scale + -lo * scale), 0.,
+                               255.)
+  return tf.cast(tf.where(hi > lo, stretched, pixels), tf.uint8)
 
 
 def equalize(image):
@@ -104,7 +96,7 @@ def equalize(image):
   """
   hist = _channel_histograms(image)
   occupied = hist > 0
-  levels = _levels()
+  levels = tf.range(256, dtype=tf.int32)
   top_level = tf.reduce_max(tf.where(occupied, levels, -1), axis=1)
   top_count = tf.gather(hist, top_level, batch_dims=1)
   step = (tf.reduce_sum(hist, axis=1) - top_count) // 255
@@ -114,7 +106,7 @@ def equalize(image):
   mapped = tf.minimum((safe_step // 2 + below) // safe_step, 255)
   unchanged = ((n_occupied <= 1) | (step == 0))[:, None]
   lut = tf.where(unchanged, levels[None, :], mapped)
-  return _apply_lut(image, lut)
+  return _apply_channel_luts(image, lut)
 
 
 def blend(degenerate, image, factor):
@@ -275,21 +267,63 @@ def rotate(image, degrees, fill, interpolation='bicubic'):
   return affine(image, (cos, sin, c, -sin, cos, f), fill, interpolation)
 
 
+def _shift_rows(image, shifts, fill):
+  """PIL bicubic affine for maps (X, Y) -> (X + shifts[y], Y), exactly.
+
+  Shears and translations along x map each output row onto the same input
+  row, so PIL's vertical taps get weights (0, 1, 0, 0) and only the 4
+  horizontal taps matter; the fractional offset is constant along a row.
+  Sampling 4 taps instead of 16 makes these ops about 4x cheaper.
+  """
+  width = tf.shape(image)[1]
+  shifts = tf.cast(shifts, tf.float64)  # [H], in pixels
+  whole = tf.floor(shifts)
+  weights = _cubic_weights(tf.cast(shifts - whole, tf.float32))  # [4, H]
+  taps = tf.range(-1, 3)[None, :, None]
+  cols = (tf.range(width)[None, None, :] + taps +
+          tf.cast(whole, tf.int32)[:, None, None])  # [H, 4, W]
+  neighbours = tf.gather(image, tf.clip_by_value(cols, 0, width - 1), axis=1,
+                         batch_dims=1)  # [H, 4, W, 3]
+  sampled = tf.reduce_sum(tf.cast(neighbours, tf.float32) *
+                          tf.transpose(weights)[:, :, None, None], axis=1)
+  src_x = (tf.cast(tf.range(width), tf.float64)[None, :] + 0.5 +
+           shifts[:, None])
+  inside = (src_x >= 0.) & (src_x < tf.cast(width, tf.float64))
+  sampled = tf.floor(tf.clip_by_value(sampled, 0., 255.) + 1e-3)
+  fill = tf.reshape(tf.constant(fill, tf.float32), [1, 1, 3])
+  return tf.cast(tf.where(inside[..., None], tf.minimum(sampled, 255.), fill),
+                 tf.uint8)
+
+
+def _transpose(image):
+  return tf.transpose(image, [1, 0, 2])
+
+
 def shear_x(image, factor, fill, interpolation='bicubic'):
   """timm shear_x: PIL affine (1, factor, 0, 0, 1, 0), origin top-left."""
+  if interpolation == 'bicubic':
+    rows = tf.cast(tf.range(tf.shape(image)[0]), tf.float64) + 0.5
+    return _shift_rows(image, tf.cast(factor, tf.float64) * rows, fill)
   return affine(image, (1., factor, 0., 0., 1., 0.), fill, interpolation)
 
 
 def shear_y(image, factor, fill, interpolation='bicubic'):
   """timm shear_y: PIL affine (1, 0, 0, factor, 1, 0), origin top-left."""
+  if interpolation == 'bicubic':
+    return _transpose(shear_x(_transpose(image), factor, fill))
   return affine(image, (1., 0., 0., factor, 1., 0.), fill, interpolation)
 
 
 def translate_x(image, pixels, fill, interpolation='bicubic'):
   """timm translate_x_*: output(x, y) = input(x + pixels, y)."""
+  if interpolation == 'bicubic':
+    shifts = tf.fill([tf.shape(image)[0]], tf.cast(pixels, tf.float64))
+    return _shift_rows(image, shifts, fill)
   return affine(image, (1., 0., pixels, 0., 1., 0.), fill, interpolation)
 
 
 def translate_y(image, pixels, fill, interpolation='bicubic'):
   """timm translate_y_*: output(x, y) = input(x, y + pixels)."""
+  if interpolation == 'bicubic':
+    return _transpose(translate_x(_transpose(image), pixels, fill))
   return affine(image, (1., 0., 0., 0., 1., pixels), fill, interpolation)
