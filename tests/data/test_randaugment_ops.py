@@ -71,6 +71,15 @@ def test_equalize_hand_computed():
   np.testing.assert_array_equal(out, expected)
 
 
+def test_equalize_clips_levels_past_255():
+  # 700 at 0, 64 at 100, 1 at 200: step = (765 - 1) // 255 = 2, so level
+  # 100 maps to (1 + 700) // 2 = 350 and level 200 to 382; PIL's point()
+  # clips both to 255.
+  values = np.array([0] * 700 + [100] * 64 + [200]).reshape(45, 17)
+  out = _np(ops.equalize(_one_channel(values)))[..., 0]
+  np.testing.assert_array_equal(out, np.where(values == 0, 0, 255))
+
+
 def _equalize_reference(channel):
   """PIL's equalize written out in NumPy (one channel)."""
   hist = np.bincount(channel.ravel(), minlength=256)
