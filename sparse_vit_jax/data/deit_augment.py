@@ -125,7 +125,7 @@ def train_preprocess(features, seed, *, image_size=224, scale=(0.08, 1.0),
     randaugment: timm RandAugment spec string, a `RandAugmentConfig`, or
       None to skip RandAugment.
     reprob, remode, recount: RandomErasing probability (0 disables), mode,
-      and rectangle count.
+      and maximum rectangle count (timm draws 1..recount).
     mean, std: normalisation of [0, 1] pixels; the RandAugment fill colour
       is derived from `mean` as timm does.
     geometric_interpolation: 'bicubic' (timm/PIL) or 'bilinear' (faster) for
@@ -155,8 +155,9 @@ def train_preprocess(features, seed, *, image_size=224, scale=(0.08, 1.0),
         interpolation=geometric_interpolation)
   image = normalize(image, mean, std)
   if reprob > 0:
+    # timm builds RandomErasing(max_count=recount): 1..recount rectangles.
     image = erasing.random_erasing(image, erase_seed, probability=reprob,
-                                   mode=remode, min_count=recount)
+                                   mode=remode, max_count=recount)
   image = tf.ensure_shape(image, [image_size, image_size, 3])
   return {'image': image, 'label': _label(features)}
 
