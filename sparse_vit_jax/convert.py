@@ -418,8 +418,7 @@ def _load_torch(path: str) -> dict[str, np.ndarray]:
     except pickle.UnpicklingError as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else ''
         raise ValueError(
-            f'{path} is a pickle that weights_only loading refuses ({first_line}). '
-            + _PICKLE_HINT
+            f'{path} is a pickle that weights_only loading refuses ({first_line}). ' + _PICKLE_HINT
         ) from None
     except RuntimeError as error:  # not a torch file, truncated, ...
         raise ValueError(f'torch.load cannot read {path}: {error}') from None

@@ -56,9 +56,7 @@ def _tiny_config(data_dir: str, **overrides):
 
     c = fashion_mnist.get_config(overrides.pop('arg', None))
     c.model = config_lib.model_config('vit_test')
-    c.data.update(
-        dict(name='tiny_images', data_dir=data_dir, shuffle_buffer=64, eval_batch_size=8)
-    )
+    c.data.update(dict(name='tiny_images', data_dir=data_dir, shuffle_buffer=64, eval_batch_size=8))
     c.data.mean, c.data.std = (0.3,) * 3, (0.3,) * 3
     c.batch_size = 4
     c.num_epochs = 1.0

@@ -405,7 +405,12 @@ def test_parity_with_timm():
     timm = pytest.importorskip('timm')
     torch.manual_seed(0)
     net = timm.models.vision_transformer.VisionTransformer(
-        img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=HEADS, mlp_ratio=2.0,
+        img_size=32,
+        patch_size=8,
+        embed_dim=32,
+        depth=2,
+        num_heads=HEADS,
+        mlp_ratio=2.0,
         num_classes=10,
     ).eval()  # vit_test's sizes; timm's defaults are DeiT's (qkv bias, LN eps 1e-6, exact GELU)
     with torch.no_grad():

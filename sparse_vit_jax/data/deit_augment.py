@@ -41,155 +41,176 @@ CountingJpegFilter = jpeg_check.CountingJpegFilter
 _DCT_METHOD = 'INTEGER_ACCURATE'  # libjpeg's ISLOW, what PIL decodes with.
 
 
-def sample_crop_window(seed, height, width, scale=(0.08, 1.0),
-                       ratio=(3 / 4, 4 / 3), max_attempts=10):
-  """timm `RandomResizedCropAndInterpolation.get_params` as (y, x, h, w).
+def sample_crop_window(
+    seed, height, width, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), max_attempts=10
+):
+    """timm `RandomResizedCropAndInterpolation.get_params` as (y, x, h, w).
 
-  Up to 10 attempts: area fraction ~ U(scale), aspect (w / h) ~
-  exp(U(log ratio)), w = round(sqrt(area * aspect)), h = round(sqrt(area /
-  aspect)); the first attempt with w <= W and h <= H is placed at a uniform
-  position. If none fits, fall back to a centre crop of the whole image,
-  narrowed to the nearest allowed aspect ratio when the image is outside
-  `ratio`. (A window is at least 1 pixel wide, which only matters for images
-  a few pixels across.)
-  """
-  height = tf.cast(height, tf.int32)
-  width = tf.cast(width, tf.int32)
-  area_seed, ratio_seed, y_seed, x_seed = tf.unstack(
-      tf.random.experimental.stateless_split(seed, num=4))
-  h_f, w_f = tf.cast(height, tf.float64), tf.cast(width, tf.float64)
-  # All attempts drawn at once; the first fit has timm's distribution.
-  area = h_f * w_f * tf.random.stateless_uniform(
-      [max_attempts], area_seed, scale[0], scale[1], dtype=tf.float64)
-  aspect = tf.exp(tf.random.stateless_uniform(
-      [max_attempts], ratio_seed, math.log(ratio[0]), math.log(ratio[1]),
-      dtype=tf.float64))
-  # tf.round rounds half to even, like Python 3's round().
-  widths = tf.maximum(tf.cast(tf.round(tf.sqrt(area * aspect)), tf.int32), 1)
-  heights = tf.maximum(tf.cast(tf.round(tf.sqrt(area / aspect)), tf.int32), 1)
-  fits = (widths <= width) & (heights <= height)
-  first = tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32)
+    Up to 10 attempts: area fraction ~ U(scale), aspect (w / h) ~
+    exp(U(log ratio)), w = round(sqrt(area * aspect)), h = round(sqrt(area /
+    aspect)); the first attempt with w <= W and h <= H is placed at a uniform
+    position. If none fits, fall back to a centre crop of the whole image,
+    narrowed to the nearest allowed aspect ratio when the image is outside
+    `ratio`. (A window is at least 1 pixel wide, which only matters for images
+    a few pixels across.)
+    """
+    height = tf.cast(height, tf.int32)
+    width = tf.cast(width, tf.int32)
+    area_seed, ratio_seed, y_seed, x_seed = tf.unstack(
+        tf.random.experimental.stateless_split(seed, num=4)
+    )
+    h_f, w_f = tf.cast(height, tf.float64), tf.cast(width, tf.float64)
+    # All attempts drawn at once; the first fit has timm's distribution.
+    area = (
+        h_f
+        * w_f
+        * tf.random.stateless_uniform(
+            [max_attempts], area_seed, scale[0], scale[1], dtype=tf.float64
+        )
+    )
+    aspect = tf.exp(
+        tf.random.stateless_uniform(
+            [max_attempts], ratio_seed, math.log(ratio[0]), math.log(ratio[1]), dtype=tf.float64
+        )
+    )
+    # tf.round rounds half to even, like Python 3's round().
+    widths = tf.maximum(tf.cast(tf.round(tf.sqrt(area * aspect)), tf.int32), 1)
+    heights = tf.maximum(tf.cast(tf.round(tf.sqrt(area / aspect)), tf.int32), 1)
+    fits = (widths <= width) & (heights <= height)
+    first = tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32)
 
-  # Fallback: the whole image, trimmed to the closest allowed aspect ratio.
-  in_ratio = w_f / h_f
-  min_ratio, max_ratio = min(ratio), max(ratio)
-  fallback_w = tf.where(
-      in_ratio > max_ratio,
-      tf.cast(tf.round(h_f * max_ratio), tf.int32), width)
-  fallback_h = tf.where(
-      in_ratio < min_ratio,
-      tf.cast(tf.round(w_f / min_ratio), tf.int32), height)
+    # Fallback: the whole image, trimmed to the closest allowed aspect ratio.
+    in_ratio = w_f / h_f
+    min_ratio, max_ratio = min(ratio), max(ratio)
+    fallback_w = tf.where(in_ratio > max_ratio, tf.cast(tf.round(h_f * max_ratio), tf.int32), width)
+    fallback_h = tf.where(
+        in_ratio < min_ratio, tf.cast(tf.round(w_f / min_ratio), tf.int32), height
+    )
 
-  found = tf.reduce_any(fits)
-  crop_h = tf.where(found, heights[first], fallback_h)
-  crop_w = tf.where(found, widths[first], fallback_w)
-  random_y = tf.random.stateless_uniform(
-      [], y_seed, 0, tf.maximum(height - crop_h + 1, 1), dtype=tf.int32)
-  random_x = tf.random.stateless_uniform(
-      [], x_seed, 0, tf.maximum(width - crop_w + 1, 1), dtype=tf.int32)
-  y = tf.where(found, random_y, (height - crop_h) // 2)
-  x = tf.where(found, random_x, (width - crop_w) // 2)
-  return y, x, crop_h, crop_w
+    found = tf.reduce_any(fits)
+    crop_h = tf.where(found, heights[first], fallback_h)
+    crop_w = tf.where(found, widths[first], fallback_w)
+    random_y = tf.random.stateless_uniform(
+        [], y_seed, 0, tf.maximum(height - crop_h + 1, 1), dtype=tf.int32
+    )
+    random_x = tf.random.stateless_uniform(
+        [], x_seed, 0, tf.maximum(width - crop_w + 1, 1), dtype=tf.int32
+    )
+    y = tf.where(found, random_y, (height - crop_h) // 2)
+    x = tf.where(found, random_x, (width - crop_w) // 2)
+    return y, x, crop_h, crop_w
 
 
 def resize_bicubic_uint8(image, size):
-  """Antialiased bicubic resize to `size` (h, w), rounded to uint8 like PIL."""
-  resized = tf.image.resize(image, size, method='bicubic', antialias=True)
-  return tf.cast(tf.clip_by_value(tf.round(resized), 0., 255.), tf.uint8)
+    """Antialiased bicubic resize to `size` (h, w), rounded to uint8 like PIL."""
+    resized = tf.image.resize(image, size, method='bicubic', antialias=True)
+    return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
 
 
 def normalize(image, mean=IMAGENET_MEAN, std=IMAGENET_STD):
-  """uint8 [H, W, 3] -> float32 (x / 255 - mean) / std (ToTensor+Normalize)."""
-  image = tf.cast(image, tf.float32) / 255.
-  return (image - tf.constant(mean, tf.float32)) / tf.constant(std,
-                                                               tf.float32)
+    """uint8 [H, W, 3] -> float32 (x / 255 - mean) / std (ToTensor+Normalize)."""
+    image = tf.cast(image, tf.float32) / 255.0
+    return (image - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
 
 
 def _label(features):
-  return tf.cast(features['label'], tf.int32)
+    return tf.cast(features['label'], tf.int32)
 
 
-def train_preprocess(features, seed, *, image_size=224, scale=(0.08, 1.0),
-                     ratio=(3 / 4, 4 / 3), hflip=0.5,
-                     randaugment='rand-m9-mstd0.5-inc1', reprob=0.25,
-                     remode='pixel', recount=1, mean=IMAGENET_MEAN,
-                     std=IMAGENET_STD, geometric_interpolation='bicubic'):
-  """DeiT training augmentation of one example.
+def train_preprocess(
+    features,
+    seed,
+    *,
+    image_size=224,
+    scale=(0.08, 1.0),
+    ratio=(3 / 4, 4 / 3),
+    hflip=0.5,
+    randaugment='rand-m9-mstd0.5-inc1',
+    reprob=0.25,
+    remode='pixel',
+    recount=1,
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+    geometric_interpolation='bicubic',
+):
+    """DeiT training augmentation of one example.
 
-  Args:
-    features: dict with 'image' (encoded JPEG string) and 'label' (int).
-    seed: int32/int64 tensor [2]; the output is a pure function of it.
-    image_size: output side length.
-    scale, ratio: RandomResizedCrop area-fraction and aspect (w/h) ranges.
-    hflip: horizontal flip probability.
-    randaugment: timm RandAugment spec string, a `RandAugmentConfig`, or
-      None to skip RandAugment.
-    reprob, remode, recount: RandomErasing probability (0 disables), mode,
-      and maximum rectangle count (timm draws 1..recount).
-    mean, std: normalisation of [0, 1] pixels; the RandAugment fill colour
-      is derived from `mean` as timm does.
-    geometric_interpolation: 'bicubic' (timm/PIL) or 'bilinear' (faster) for
-      RandAugment's rotate/shear/translate.
+    Args:
+      features: dict with 'image' (encoded JPEG string) and 'label' (int).
+      seed: int32/int64 tensor [2]; the output is a pure function of it.
+      image_size: output side length.
+      scale, ratio: RandomResizedCrop area-fraction and aspect (w/h) ranges.
+      hflip: horizontal flip probability.
+      randaugment: timm RandAugment spec string, a `RandAugmentConfig`, or
+        None to skip RandAugment.
+      reprob, remode, recount: RandomErasing probability (0 disables), mode,
+        and maximum rectangle count (timm draws 1..recount).
+      mean, std: normalisation of [0, 1] pixels; the RandAugment fill colour
+        is derived from `mean` as timm does.
+      geometric_interpolation: 'bicubic' (timm/PIL) or 'bilinear' (faster) for
+        RandAugment's rotate/shear/translate.
 
-  Returns:
-    {'image': float32 [image_size, image_size, 3], 'label': int32 []}.
-  """
-  if isinstance(randaugment, str):
-    randaugment = randaugment_lib.parse_randaugment(randaugment)
-  crop_seed, flip_seed, augment_seed, erase_seed = tf.unstack(
-      tf.random.experimental.stateless_split(seed, num=4))
-  encoded = features['image']
-  shape = tf.io.extract_jpeg_shape(encoded)
-  y, x, h, w = sample_crop_window(crop_seed, shape[0], shape[1], scale, ratio)
-  # Decode only the crop: cheaper than decoding the whole JPEG.
-  image = tf.io.decode_and_crop_jpeg(encoded, tf.stack([y, x, h, w]),
-                                     channels=3, dct_method=_DCT_METHOD)
-  image = resize_bicubic_uint8(image, (image_size, image_size))
-  if hflip > 0:
-    flip = tf.random.stateless_uniform([], flip_seed) < hflip
-    image = tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: image)
-  if randaugment is not None:
-    image = randaugment_lib.rand_augment(
-        image, augment_seed, randaugment,
-        fill=randaugment_lib.fill_from_mean(mean),
-        interpolation=geometric_interpolation)
-  image = normalize(image, mean, std)
-  if reprob > 0:
-    # timm builds RandomErasing(max_count=recount): 1..recount rectangles.
-    image = erasing.random_erasing(image, erase_seed, probability=reprob,
-                                   mode=remode, max_count=recount)
-  image = tf.ensure_shape(image, [image_size, image_size, 3])
-  return {'image': image, 'label': _label(features)}
+    Returns:
+      {'image': float32 [image_size, image_size, 3], 'label': int32 []}.
+    """
+    if isinstance(randaugment, str):
+        randaugment = randaugment_lib.parse_randaugment(randaugment)
+    crop_seed, flip_seed, augment_seed, erase_seed = tf.unstack(
+        tf.random.experimental.stateless_split(seed, num=4)
+    )
+    encoded = features['image']
+    shape = tf.io.extract_jpeg_shape(encoded)
+    y, x, h, w = sample_crop_window(crop_seed, shape[0], shape[1], scale, ratio)
+    # Decode only the crop: cheaper than decoding the whole JPEG.
+    image = tf.io.decode_and_crop_jpeg(
+        encoded, tf.stack([y, x, h, w]), channels=3, dct_method=_DCT_METHOD
+    )
+    image = resize_bicubic_uint8(image, (image_size, image_size))
+    if hflip > 0:
+        flip = tf.random.stateless_uniform([], flip_seed) < hflip
+        image = tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: image)
+    if randaugment is not None:
+        image = randaugment_lib.rand_augment(
+            image,
+            augment_seed,
+            randaugment,
+            fill=randaugment_lib.fill_from_mean(mean),
+            interpolation=geometric_interpolation,
+        )
+    image = normalize(image, mean, std)
+    if reprob > 0:
+        # timm builds RandomErasing(max_count=recount): 1..recount rectangles.
+        image = erasing.random_erasing(
+            image, erase_seed, probability=reprob, mode=remode, max_count=recount
+        )
+    image = tf.ensure_shape(image, [image_size, image_size, 3])
+    return {'image': image, 'label': _label(features)}
 
 
-def eval_preprocess(features, *, image_size=224, crop_pct=0.875,
-                    mean=IMAGENET_MEAN, std=IMAGENET_STD):
-  """DeiT evaluation preprocessing of one example (deterministic).
+def eval_preprocess(
+    features, *, image_size=224, crop_pct=0.875, mean=IMAGENET_MEAN, std=IMAGENET_STD
+):
+    """DeiT evaluation preprocessing of one example (deterministic).
 
-  Resizes the shorter side to floor(image_size / crop_pct) with the longer
-  side int(size * long / short) (torchvision `Resize(int)`), centre-crops
-  image_size with offsets round((side - image_size) / 2), and normalises.
-  """
-  if not 0 < crop_pct <= 1:
-    raise ValueError(f'crop_pct must be in (0, 1], got {crop_pct}')
-  resize_to = int(math.floor(image_size / crop_pct))
-  image = tf.io.decode_jpeg(features['image'], channels=3,
-                            dct_method=_DCT_METHOD)
-  shape = tf.shape(image)
-  height, width = tf.cast(shape[0], tf.float64), tf.cast(shape[1], tf.float64)
-  short = tf.minimum(height, width)
-  # torchvision truncates size * long / short with int().
-  new_h = tf.cast(tf.floor(resize_to * height / short), tf.int32)
-  new_w = tf.cast(tf.floor(resize_to * width / short), tf.int32)
-  image = resize_bicubic_uint8(image, tf.stack([new_h, new_w]))
-  # torchvision CenterCrop: int(round((side - crop) / 2)), half to even.
-  top = tf.cast(tf.round(tf.cast(new_h - image_size, tf.float64) / 2.),
-                tf.int32)
-  left = tf.cast(tf.round(tf.cast(new_w - image_size, tf.float64) / 2.),
-                 tf.int32)
-  image = tf.image.crop_to_bounding_box(image, top, left, image_size,
-                                        image_size)
-  image = normalize(image, mean, std)
-  image = tf.ensure_shape(image, [image_size, image_size, 3])
-  return {'image': image, 'label': _label(features)}
-
+    Resizes the shorter side to floor(image_size / crop_pct) with the longer
+    side int(size * long / short) (torchvision `Resize(int)`), centre-crops
+    image_size with offsets round((side - image_size) / 2), and normalises.
+    """
+    if not 0 < crop_pct <= 1:
+        raise ValueError(f'crop_pct must be in (0, 1], got {crop_pct}')
+    resize_to = int(math.floor(image_size / crop_pct))
+    image = tf.io.decode_jpeg(features['image'], channels=3, dct_method=_DCT_METHOD)
+    shape = tf.shape(image)
+    height, width = tf.cast(shape[0], tf.float64), tf.cast(shape[1], tf.float64)
+    short = tf.minimum(height, width)
+    # torchvision truncates size * long / short with int().
+    new_h = tf.cast(tf.floor(resize_to * height / short), tf.int32)
+    new_w = tf.cast(tf.floor(resize_to * width / short), tf.int32)
+    image = resize_bicubic_uint8(image, tf.stack([new_h, new_w]))
+    # torchvision CenterCrop: int(round((side - crop) / 2)), half to even.
+    top = tf.cast(tf.round(tf.cast(new_h - image_size, tf.float64) / 2.0), tf.int32)
+    left = tf.cast(tf.round(tf.cast(new_w - image_size, tf.float64) / 2.0), tf.int32)
+    image = tf.image.crop_to_bounding_box(image, top, left, image_size, image_size)
+    image = normalize(image, mean, std)
+    image = tf.ensure_shape(image, [image_size, image_size, 3])
+    return {'image': image, 'label': _label(features)}

@@ -35,227 +35,245 @@ _VAL_NAME = re.compile(r'ILSVRC2012_val_(\d{8})\.JPEG')
 _HOW_TO_GET = (
     'Download the ILSVRC2012 train and validation tars from '
     'https://image-net.org/download-images and put them, unmodified, in the '
-    'manual_dir.')
+    'manual_dir.'
+)
 
 
 def imagenet_wnids():
-  """The 1000 wnids of TFDS's imagenet2012 `labels.txt`, in label order."""
-  path = tfds.core.tfds_path('datasets/imagenet2012/labels.txt')
-  return path.read_text().split()
+    """The 1000 wnids of TFDS's imagenet2012 `labels.txt`, in label order."""
+    path = tfds.core.tfds_path('datasets/imagenet2012/labels.txt')
+    return path.read_text().split()
 
 
 def _open_tar(path, what):
-  try:
-    return tarfile.open(path, mode='r:*')
-  except tarfile.TarError as e:
-    raise ValueError(f'{path} is not a readable tar archive ({e}). {what}') from e
+    try:
+        return tarfile.open(path, mode='r:*')
+    except tarfile.TarError as e:
+        raise ValueError(f'{path} is not a readable tar archive ({e}). {what}') from e
 
 
 def _check_train_tar(path, known_wnids, check_inner_members):
-  """Outer tar of <wnid>.tar members, each a non-empty tar."""
-  fix = (f'{TRAIN_TAR} must contain one <wnid>.tar per class (e.g. '
-         'n01440764.tar) at its top level. ' + _HOW_TO_GET)
-  seen = set()
-  with _open_tar(path, fix) as outer:
-    for member in outer:
-      if member.isdir():
-        continue  # TFDS skips directory entries.
-      name = os.path.normpath(member.name)  # TFDS normalises './x' to 'x'.
-      match = _WNID_TAR.fullmatch(name)
-      if not member.isfile() or not match:
-        raise ValueError(f'{path}: member {member.name!r} is not a '
-                         f'<wnid>.tar file. {fix}')
-      wnid = match.group(1)
-      if wnid not in known_wnids:
-        raise ValueError(
-            f'{path}: {member.name!r} names wnid {wnid!r}, which is not one '
-            f'of the 1000 ILSVRC2012 classes in TFDS labels.txt '
-            f'({tfds.core.tfds_path("datasets/imagenet2012/labels.txt")}). '
-            f'{fix}')
-      if wnid in seen:
-        raise ValueError(f'{path}: class {wnid} appears twice. {fix}')
-      seen.add(wnid)
-      _check_inner_tar(path, outer, member, wnid, check_inner_members)
-  if not seen:
-    raise ValueError(f'{path} contains no <wnid>.tar members. {fix}')
+    """Outer tar of <wnid>.tar members, each a non-empty tar."""
+    fix = (
+        f'{TRAIN_TAR} must contain one <wnid>.tar per class (e.g. '
+        'n01440764.tar) at its top level. ' + _HOW_TO_GET
+    )
+    seen = set()
+    with _open_tar(path, fix) as outer:
+        for member in outer:
+            if member.isdir():
+                continue  # TFDS skips directory entries.
+            name = os.path.normpath(member.name)  # TFDS normalises './x' to 'x'.
+            match = _WNID_TAR.fullmatch(name)
+            if not member.isfile() or not match:
+                raise ValueError(f'{path}: member {member.name!r} is not a <wnid>.tar file. {fix}')
+            wnid = match.group(1)
+            if wnid not in known_wnids:
+                raise ValueError(
+                    f'{path}: {member.name!r} names wnid {wnid!r}, which is not one '
+                    f'of the 1000 ILSVRC2012 classes in TFDS labels.txt '
+                    f'({tfds.core.tfds_path("datasets/imagenet2012/labels.txt")}). '
+                    f'{fix}'
+                )
+            if wnid in seen:
+                raise ValueError(f'{path}: class {wnid} appears twice. {fix}')
+            seen.add(wnid)
+            _check_inner_tar(path, outer, member, wnid, check_inner_members)
+    if not seen:
+        raise ValueError(f'{path} contains no <wnid>.tar members. {fix}')
 
 
 def _check_inner_tar(path, outer, member, wnid, check_all_members):
-  """The first header (or all headers) of one per-class tar."""
-  where = f'{path}: member {member.name!r}'
-  try:
-    with tarfile.open(fileobj=outer.extractfile(member), mode='r:*') as inner:
-      images = 0
-      for image in inner:
-        if not image.isfile():
-          continue
-        if not image.name.startswith(wnid + '_'):
-          raise ValueError(
-              f'{where} holds {image.name!r}; its images must be named '
-              f'{wnid}_<k>.JPEG. {_HOW_TO_GET}')
-        images += 1
-        if not check_all_members:
-          break
-  except tarfile.TarError as e:
-    raise ValueError(f'{where} is not a tar archive ({e}); each class must be '
-                     f'a tar of its JPEGs. {_HOW_TO_GET}') from e
-  if not images:
-    raise ValueError(f'{where} contains no images. {_HOW_TO_GET}')
+    """The first header (or all headers) of one per-class tar."""
+    where = f'{path}: member {member.name!r}'
+    try:
+        with tarfile.open(fileobj=outer.extractfile(member), mode='r:*') as inner:
+            images = 0
+            for image in inner:
+                if not image.isfile():
+                    continue
+                if not image.name.startswith(wnid + '_'):
+                    raise ValueError(
+                        f'{where} holds {image.name!r}; its images must be named '
+                        f'{wnid}_<k>.JPEG. {_HOW_TO_GET}'
+                    )
+                images += 1
+                if not check_all_members:
+                    break
+    except tarfile.TarError as e:
+        raise ValueError(
+            f'{where} is not a tar archive ({e}); each class must be '
+            f'a tar of its JPEGs. {_HOW_TO_GET}'
+        ) from e
+    if not images:
+        raise ValueError(f'{where} contains no images. {_HOW_TO_GET}')
 
 
 def _check_val_tar(path):
-  """Flat tar of ILSVRC2012_val_%08d.JPEG numbered exactly 1..N."""
-  fix = (f'{VAL_TAR} must be a flat tar of ILSVRC2012_val_%08d.JPEG files '
-         'numbered from 1 without gaps (TFDS assigns validation labels by '
-         'sorted position). ' + _HOW_TO_GET)
-  numbers = []
-  with _open_tar(path, fix) as tar:
-    for member in tar:
-      match = _VAL_NAME.fullmatch(member.name)
-      if not member.isfile() or not match:
-        raise ValueError(f'{path}: member {member.name!r} is not a file named '
-                         f'ILSVRC2012_val_%08d.JPEG. {fix}')
-      numbers.append(int(match.group(1)))
-  if not numbers:
-    raise ValueError(f'{path} contains no images. {fix}')
-  if len(numbers) > NUM_VAL_IMAGES:
-    raise ValueError(f'{path} holds {len(numbers)} images; ILSVRC2012 has '
-                     f'{NUM_VAL_IMAGES}. {fix}')
-  expected = set(range(1, len(numbers) + 1))
-  if set(numbers) != expected or len(set(numbers)) != len(numbers):
-    missing = sorted(expected - set(numbers))[:5]
-    raise ValueError(
-        f'{path}: validation images are not numbered 1..{len(numbers)} '
-        f'(first missing numbers: {missing}, largest: {max(numbers)}); '
-        f'TFDS would give them shifted labels. {fix}')
+    """Flat tar of ILSVRC2012_val_%08d.JPEG numbered exactly 1..N."""
+    fix = (
+        f'{VAL_TAR} must be a flat tar of ILSVRC2012_val_%08d.JPEG files '
+        'numbered from 1 without gaps (TFDS assigns validation labels by '
+        'sorted position). ' + _HOW_TO_GET
+    )
+    numbers = []
+    with _open_tar(path, fix) as tar:
+        for member in tar:
+            match = _VAL_NAME.fullmatch(member.name)
+            if not member.isfile() or not match:
+                raise ValueError(
+                    f'{path}: member {member.name!r} is not a file named '
+                    f'ILSVRC2012_val_%08d.JPEG. {fix}'
+                )
+            numbers.append(int(match.group(1)))
+    if not numbers:
+        raise ValueError(f'{path} contains no images. {fix}')
+    if len(numbers) > NUM_VAL_IMAGES:
+        raise ValueError(
+            f'{path} holds {len(numbers)} images; ILSVRC2012 has {NUM_VAL_IMAGES}. {fix}'
+        )
+    expected = set(range(1, len(numbers) + 1))
+    if set(numbers) != expected or len(set(numbers)) != len(numbers):
+        missing = sorted(expected - set(numbers))[:5]
+        raise ValueError(
+            f'{path}: validation images are not numbered 1..{len(numbers)} '
+            f'(first missing numbers: {missing}, largest: {max(numbers)}); '
+            f'TFDS would give them shifted labels. {fix}'
+        )
 
 
 def check_manual_dir(manual_dir, *, check_inner_members=False):
-  """Checks an ILSVRC2012 manual_dir from tar headers, without decoding.
+    """Checks an ILSVRC2012 manual_dir from tar headers, without decoding.
 
-  Args:
-    manual_dir: directory holding ILSVRC2012_img_train.tar and
-      ILSVRC2012_img_val.tar.
-    check_inner_members: also read every header of every per-class tar (for
-      real ImageNet, 1.28M headers: slower, but catches misnamed files);
-      by default only the first image of each class is looked at.
+    Args:
+      manual_dir: directory holding ILSVRC2012_img_train.tar and
+        ILSVRC2012_img_val.tar.
+      check_inner_members: also read every header of every per-class tar (for
+        real ImageNet, 1.28M headers: slower, but catches misnamed files);
+        by default only the first image of each class is looked at.
 
-  Raises:
-    FileNotFoundError: the directory or one of the two tars is missing.
-    ValueError: a tar is malformed; the message says what and how to fix it.
-  """
-  manual_dir = os.fspath(manual_dir)
-  if not os.path.isdir(manual_dir):
-    raise FileNotFoundError(
-        f'ImageNet manual_dir {manual_dir!r} does not exist. {_HOW_TO_GET}')
-  missing = [name for name in (TRAIN_TAR, VAL_TAR)
-             if not os.path.isfile(os.path.join(manual_dir, name))]
-  if missing:
-    present = sorted(os.listdir(manual_dir))[:10]
-    raise FileNotFoundError(
-        f'ImageNet manual_dir {manual_dir!r} lacks {missing} (it contains '
-        f'{present}). {_HOW_TO_GET}')
-  _check_train_tar(os.path.join(manual_dir, TRAIN_TAR), set(imagenet_wnids()),
-                   check_inner_members)
-  _check_val_tar(os.path.join(manual_dir, VAL_TAR))
+    Raises:
+      FileNotFoundError: the directory or one of the two tars is missing.
+      ValueError: a tar is malformed; the message says what and how to fix it.
+    """
+    manual_dir = os.fspath(manual_dir)
+    if not os.path.isdir(manual_dir):
+        raise FileNotFoundError(f'ImageNet manual_dir {manual_dir!r} does not exist. {_HOW_TO_GET}')
+    missing = [
+        name for name in (TRAIN_TAR, VAL_TAR) if not os.path.isfile(os.path.join(manual_dir, name))
+    ]
+    if missing:
+        present = sorted(os.listdir(manual_dir))[:10]
+        raise FileNotFoundError(
+            f'ImageNet manual_dir {manual_dir!r} lacks {missing} (it contains '
+            f'{present}). {_HOW_TO_GET}'
+        )
+    _check_train_tar(
+        os.path.join(manual_dir, TRAIN_TAR), set(imagenet_wnids()), check_inner_members
+    )
+    _check_val_tar(os.path.join(manual_dir, VAL_TAR))
 
 
 def prepare_imagenet2012(data_dir, manual_dir, *, log=None):
-  """Builds TFDS `imagenet2012` in `data_dir` from `manual_dir` once.
+    """Builds TFDS `imagenet2012` in `data_dir` from `manual_dir` once.
 
-  A no-op (apart from the log line) when the dataset is already prepared;
-  otherwise checks `manual_dir` first, then runs the real TFDS builder.
-  Run it in one process only (e.g. process 0) and let the others wait.
+    A no-op (apart from the log line) when the dataset is already prepared;
+    otherwise checks `manual_dir` first, then runs the real TFDS builder.
+    Run it in one process only (e.g. process 0) and let the others wait.
 
-  Args:
-    data_dir: TFDS data directory.
-    manual_dir: directory with the ILSVRC2012 tars (see `check_manual_dir`).
-    log: optional callable taking one string (e.g. `logging.info`).
+    Args:
+      data_dir: TFDS data directory.
+      manual_dir: directory with the ILSVRC2012 tars (see `check_manual_dir`).
+      log: optional callable taking one string (e.g. `logging.info`).
 
-  Returns:
-    The prepared `tfds` builder.
-  """
-  log = log or (lambda message: None)
-  builder = tfds.builder('imagenet2012', data_dir=os.fspath(data_dir))
-  if builder.is_prepared():
-    log(f'imagenet2012 already prepared in {builder.data_dir}')
+    Returns:
+      The prepared `tfds` builder.
+    """
+    log = log or (lambda message: None)
+    builder = tfds.builder('imagenet2012', data_dir=os.fspath(data_dir))
+    if builder.is_prepared():
+        log(f'imagenet2012 already prepared in {builder.data_dir}')
+        return builder
+    check_manual_dir(manual_dir)
+    log(f'preparing imagenet2012 from {manual_dir} into {builder.data_dir}')
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir))
+    )
+    log(f'prepared imagenet2012: {builder.info.splits}')
     return builder
-  check_manual_dir(manual_dir)
-  log(f'preparing imagenet2012 from {manual_dir} into {builder.data_dir}')
-  builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(
-          manual_dir=os.fspath(manual_dir)))
-  log(f'prepared imagenet2012: {builder.info.splits}')
-  return builder
 
 
 def synthetic_image(rng, shape):
-  """A textured uint8 RGB image (waves, gradient, noise), not constant."""
-  height, width = shape
-  yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-  channels = []
-  for _ in range(3):
-    fy, fx = rng.uniform(0.01, 0.2, size=2)
-    phase = rng.uniform(0, 2 * np.pi)
-    wave = np.sin(fx * xx + fy * yy + phase) * rng.uniform(40, 90)
-    ramp = (xx / width - 0.5) * rng.uniform(-80, 80)
-    channels.append(128 + wave + ramp)
-  image = np.stack(channels, axis=-1) + rng.normal(0, 12, (height, width, 3))
-  return np.clip(image, 0, 255).astype(np.uint8)
+    """A textured uint8 RGB image (waves, gradient, noise), not constant."""
+    height, width = shape
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    channels = []
+    for _ in range(3):
+        fy, fx = rng.uniform(0.01, 0.2, size=2)
+        phase = rng.uniform(0, 2 * np.pi)
+        wave = np.sin(fx * xx + fy * yy + phase) * rng.uniform(40, 90)
+        ramp = (xx / width - 0.5) * rng.uniform(-80, 80)
+        channels.append(128 + wave + ramp)
+    image = np.stack(channels, axis=-1) + rng.normal(0, 12, (height, width, 3))
+    return np.clip(image, 0, 255).astype(np.uint8)
 
 
 def _add_bytes(tar, name, data):
-  info = tarfile.TarInfo(name)
-  info.size = len(data)
-  info.mtime = 0  # reproducible archives
-  tar.addfile(info, io.BytesIO(data))
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = 0  # reproducible archives
+    tar.addfile(info, io.BytesIO(data))
 
 
-def write_fake_manual_dir(path, *, wnids=('n01440764', 'n01443537',
-                                          'n01484850'),
-                          images_per_class=4, num_val=6,
-                          image_shape=(375, 500), seed=0, corrupt=0):
-  """Writes a small ILSVRC2012-format manual_dir of synthetic JPEGs.
+def write_fake_manual_dir(
+    path,
+    *,
+    wnids=('n01440764', 'n01443537', 'n01484850'),
+    images_per_class=4,
+    num_val=6,
+    image_shape=(375, 500),
+    seed=0,
+    corrupt=0,
+):
+    """Writes a small ILSVRC2012-format manual_dir of synthetic JPEGs.
 
-  Args:
-    path: directory to create (or reuse); returns it.
-    wnids: classes of the train tar (must be ILSVRC2012 wnids; the default
-      ones are TFDS labels 0, 1, 2).
-    images_per_class: train JPEGs per class, named <wnid>_<k>.JPEG.
-    num_val: validation JPEGs, ILSVRC2012_val_00000001.JPEG onwards (their
-      labels come from TFDS validation_labels.txt, by position).
-    image_shape: (height, width) of every image.
-    seed: numpy seed of the image content.
-    corrupt: how many train JPEGs (the first ones, class by class) are made
-      undecodable: alternately truncated to half their bytes and replaced by
-      random bytes.
+    Args:
+      path: directory to create (or reuse); returns it.
+      wnids: classes of the train tar (must be ILSVRC2012 wnids; the default
+        ones are TFDS labels 0, 1, 2).
+      images_per_class: train JPEGs per class, named <wnid>_<k>.JPEG.
+      num_val: validation JPEGs, ILSVRC2012_val_00000001.JPEG onwards (their
+        labels come from TFDS validation_labels.txt, by position).
+      image_shape: (height, width) of every image.
+      seed: numpy seed of the image content.
+      corrupt: how many train JPEGs (the first ones, class by class) are made
+        undecodable: alternately truncated to half their bytes and replaced by
+        random bytes.
 
-  Returns:
-    `path`.
-  """
-  if corrupt > len(wnids) * images_per_class:
-    raise ValueError(f'corrupt={corrupt} exceeds the number of train images')
-  os.makedirs(path, exist_ok=True)
-  rng = np.random.default_rng(seed)
+    Returns:
+      `path`.
+    """
+    if corrupt > len(wnids) * images_per_class:
+        raise ValueError(f'corrupt={corrupt} exceeds the number of train images')
+    os.makedirs(path, exist_ok=True)
+    rng = np.random.default_rng(seed)
 
-  def jpeg():
-    return tf.io.encode_jpeg(synthetic_image(rng, image_shape),
-                             quality=90).numpy()
+    def jpeg():
+        return tf.io.encode_jpeg(synthetic_image(rng, image_shape), quality=90).numpy()
 
-  broken = 0
-  with tarfile.open(os.path.join(path, TRAIN_TAR), 'w') as outer:
-    for wnid in wnids:
-      inner_bytes = io.BytesIO()
-      with tarfile.open(fileobj=inner_bytes, mode='w') as inner:
-        for k in range(images_per_class):
-          data = jpeg()
-          if broken < corrupt:
-            data = data[:len(data) // 2] if broken % 2 == 0 else rng.bytes(
-                len(data))
-            broken += 1
-          _add_bytes(inner, f'{wnid}_{k}.JPEG', data)
-      _add_bytes(outer, f'{wnid}.tar', inner_bytes.getvalue())
-  with tarfile.open(os.path.join(path, VAL_TAR), 'w') as val:
-    for i in range(1, num_val + 1):
-      _add_bytes(val, f'ILSVRC2012_val_{i:08d}.JPEG', jpeg())
-  return path
+    broken = 0
+    with tarfile.open(os.path.join(path, TRAIN_TAR), 'w') as outer:
+        for wnid in wnids:
+            inner_bytes = io.BytesIO()
+            with tarfile.open(fileobj=inner_bytes, mode='w') as inner:
+                for k in range(images_per_class):
+                    data = jpeg()
+                    if broken < corrupt:
+                        data = data[: len(data) // 2] if broken % 2 == 0 else rng.bytes(len(data))
+                        broken += 1
+                    _add_bytes(inner, f'{wnid}_{k}.JPEG', data)
+            _add_bytes(outer, f'{wnid}.tar', inner_bytes.getvalue())
+    with tarfile.open(os.path.join(path, VAL_TAR), 'w') as val:
+        for i in range(1, num_val + 1):
+            _add_bytes(val, f'ILSVRC2012_val_{i:08d}.JPEG', jpeg())
+    return path

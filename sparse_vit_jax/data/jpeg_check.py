@@ -35,117 +35,136 @@ _MAX_SEGMENTS = 4096  # A bound on the marker walk; real files use ~10-30.
 
 
 def _is_frame_header(marker):
-  """SOF0..SOF15 except DHT (C4), JPG (C8) and DAC (CC)."""
-  return ((marker >= 0xC0) & (marker <= 0xCF) & (marker != 0xC4) &
-          (marker != 0xC8) & (marker != 0xCC))
+    """SOF0..SOF15 except DHT (C4), JPG (C8) and DAC (CC)."""
+    return (
+        (marker >= 0xC0) & (marker <= 0xCF) & (marker != 0xC4) & (marker != 0xC8) & (marker != 0xCC)
+    )
 
 
 def _is_standalone(marker):
-  """Markers without a length field: RSTn (D0-D7) and TEM (01)."""
-  return ((marker >= 0xD0) & (marker <= 0xD7)) | (marker == 0x01)
+    """Markers without a length field: RSTn (D0-D7) and TEM (01)."""
+    return ((marker >= 0xD0) & (marker <= 0xD7)) | (marker == 0x01)
 
 
 def jpeg_structure_is_valid(encoded):
-  """True iff the scalar tf.string `encoded` passes the checks above."""
-  raw = tf.io.decode_raw(encoded, tf.uint8)
-  size = tf.size(raw)
-  padded = tf.pad(raw, [[0, _WINDOW]])
-  offsets = tf.range(_WINDOW)
+    """True iff the scalar tf.string `encoded` passes the checks above."""
+    raw = tf.io.decode_raw(encoded, tf.uint8)
+    size = tf.size(raw)
+    padded = tf.pad(raw, [[0, _WINDOW]])
+    offsets = tf.range(_WINDOW)
 
-  def window(pos):
-    """The _WINDOW bytes at `pos` as int32 scalars (zeros past the end)."""
-    index = tf.clip_by_value(pos, 0, size) + offsets
-    return tf.unstack(tf.cast(tf.gather(padded, index), tf.int32), _WINDOW)
+    def window(pos):
+        """The _WINDOW bytes at `pos` as int32 scalars (zeros past the end)."""
+        index = tf.clip_by_value(pos, 0, size) + offsets
+        return tf.unstack(tf.cast(tf.gather(padded, index), tf.int32), _WINDOW)
 
-  head = window(0)
-  starts_with_soi = (size >= 4) & tf.equal(head[0], 0xFF) & tf.equal(
-      head[1], _SOI)
+    head = window(0)
+    starts_with_soi = (size >= 4) & tf.equal(head[0], 0xFF) & tf.equal(head[1], _SOI)
 
-  def keep_walking(pos, done, valid, saw_frame, sos_pos):
-    del pos, valid, saw_frame, sos_pos
-    return tf.logical_not(done)
+    def keep_walking(pos, done, valid, saw_frame, sos_pos):
+        del pos, valid, saw_frame, sos_pos
+        return tf.logical_not(done)
 
-  def step(pos, done, valid, saw_frame, sos_pos):
-    del done, valid
-    # Segment layout: FF marker [len_hi len_lo [precision h_hi h_lo w_hi
-    # w_lo components ...]] -- the last five only for frame headers.
-    ff, marker, len_hi, len_lo, _, h_hi, h_lo, w_hi, w_lo, comps = window(pos)
-    length = len_hi * 256 + len_lo
-    is_fill = tf.equal(marker, 0xFF)  # FF bytes may pad before a marker
-    is_sos = tf.equal(marker, _SOS)
-    standalone = _is_standalone(marker)
-    frame_ok = (_is_frame_header(marker) & (length >= 8) &
-                (h_hi * 256 + h_lo > 0) & (w_hi * 256 + w_lo > 0) &
-                ((comps == 1) | (comps == 3) | (comps == 4)))
-    bad = ((pos + 3 >= size) | tf.not_equal(ff, 0xFF) |
-           tf.equal(marker, _SOI) | tf.equal(marker, _EOI) |
-           (_is_frame_header(marker) & ~frame_ok) |
-           (~is_fill & ~is_sos & ~standalone & (length < 2)))
-    next_pos = tf.where(is_fill, pos + 1,
-                        tf.where(standalone, pos + 2, pos + 2 + length))
-    stop = bad | is_sos
-    saw_frame |= frame_ok
-    return (tf.where(stop, pos, next_pos), stop, ~bad & is_sos & saw_frame,
-            saw_frame, tf.where(is_sos, pos, sos_pos))
+    def step(pos, done, valid, saw_frame, sos_pos):
+        del done, valid
+        # Segment layout: FF marker [len_hi len_lo [precision h_hi h_lo w_hi
+        # w_lo components ...]] -- the last five only for frame headers.
+        ff, marker, len_hi, len_lo, _, h_hi, h_lo, w_hi, w_lo, comps = window(pos)
+        length = len_hi * 256 + len_lo
+        is_fill = tf.equal(marker, 0xFF)  # FF bytes may pad before a marker
+        is_sos = tf.equal(marker, _SOS)
+        standalone = _is_standalone(marker)
+        frame_ok = (
+            _is_frame_header(marker)
+            & (length >= 8)
+            & (h_hi * 256 + h_lo > 0)
+            & (w_hi * 256 + w_lo > 0)
+            & ((comps == 1) | (comps == 3) | (comps == 4))
+        )
+        bad = (
+            (pos + 3 >= size)
+            | tf.not_equal(ff, 0xFF)
+            | tf.equal(marker, _SOI)
+            | tf.equal(marker, _EOI)
+            | (_is_frame_header(marker) & ~frame_ok)
+            | (~is_fill & ~is_sos & ~standalone & (length < 2))
+        )
+        next_pos = tf.where(is_fill, pos + 1, tf.where(standalone, pos + 2, pos + 2 + length))
+        stop = bad | is_sos
+        saw_frame |= frame_ok
+        return (
+            tf.where(stop, pos, next_pos),
+            stop,
+            ~bad & is_sos & saw_frame,
+            saw_frame,
+            tf.where(is_sos, pos, sos_pos),
+        )
 
-  _, done, header_ok, _, sos_pos = tf.while_loop(
-      keep_walking, step,
-      (tf.constant(2), tf.logical_not(starts_with_soi), tf.constant(False),
-       tf.constant(False), tf.constant(-1)),
-      maximum_iterations=_MAX_SEGMENTS)
-  header_ok &= done & starts_with_soi
-  # EOI must appear after the scan header.
-  scan = raw[tf.maximum(sos_pos + 2, 0):]
-  has_eoi = tf.reduce_any(tf.equal(scan[:-1], 0xFF) & tf.equal(scan[1:], _EOI))
-  return header_ok & has_eoi
+    _, done, header_ok, _, sos_pos = tf.while_loop(
+        keep_walking,
+        step,
+        (
+            tf.constant(2),
+            tf.logical_not(starts_with_soi),
+            tf.constant(False),
+            tf.constant(False),
+            tf.constant(-1),
+        ),
+        maximum_iterations=_MAX_SEGMENTS,
+    )
+    header_ok &= done & starts_with_soi
+    # EOI must appear after the scan header.
+    scan = raw[tf.maximum(sos_pos + 2, 0) :]
+    has_eoi = tf.reduce_any(tf.equal(scan[:-1], 0xFF) & tf.equal(scan[1:], _EOI))
+    return header_ok & has_eoi
 
 
 def is_decodable(features):
-  """Filter predicate on a TFDS example with SkipDecoding'd 'image' bytes."""
-  return jpeg_structure_is_valid(features['image'])
+    """Filter predicate on a TFDS example with SkipDecoding'd 'image' bytes."""
+    return jpeg_structure_is_valid(features['image'])
 
 
 def with_decodable_flag(features, key='decodable'):
-  """Adds `key`: is_decodable(features), for a *parallel* map.
+    """Adds `key`: is_decodable(features), for a *parallel* map.
 
-  `Dataset.filter` runs its predicate on one thread; the marker walk costs
-  about 0.5 ms per image, which would cap a pipeline near 2k images/s. Run
-  the check in a parallel map and filter on the flag instead.
-  """
-  return {**features, key: is_decodable(features)}
+    `Dataset.filter` runs its predicate on one thread; the marker walk costs
+    about 0.5 ms per image, which would cap a pipeline near 2k images/s. Run
+    the check in a parallel map and filter on the flag instead.
+    """
+    return {**features, key: is_decodable(features)}
 
 
 class CountingJpegFilter:
-  """Filter predicate that drops undecodable JPEGs and counts them.
+    """Filter predicate that drops undecodable JPEGs and counts them.
 
-  Usage::
+    Usage::
 
-      ds = ds.map(with_decodable_flag, num_parallel_calls=tf.data.AUTOTUNE)
-      jpeg_filter = CountingJpegFilter()
-      ds = ds.filter(jpeg_filter)
-      ...
-      logging.info('skipped %d undecodable images', jpeg_filter.rejected())
+        ds = ds.map(with_decodable_flag, num_parallel_calls=tf.data.AUTOTUNE)
+        jpeg_filter = CountingJpegFilter()
+        ds = ds.filter(jpeg_filter)
+        ...
+        logging.info('skipped %d undecodable images', jpeg_filter.rejected())
 
-  Reads the flag written by `with_decodable_flag` (key `flag_key`) and falls
-  back to running `is_decodable` itself when the flag is absent. The counter
-  is a host-side tf.Variable shared by every iterator over the dataset, so
-  with repeated or re-created iterators it is the running total.
-  """
+    Reads the flag written by `with_decodable_flag` (key `flag_key`) and falls
+    back to running `is_decodable` itself when the flag is absent. The counter
+    is a host-side tf.Variable shared by every iterator over the dataset, so
+    with repeated or re-created iterators it is the running total.
+    """
 
-  def __init__(self, flag_key='decodable'):
-    self._flag_key = flag_key
-    self._rejected = tf.Variable(0, dtype=tf.int64, trainable=False,
-                                 name='undecodable_jpegs')
+    def __init__(self, flag_key='decodable'):
+        self._flag_key = flag_key
+        self._rejected = tf.Variable(0, dtype=tf.int64, trainable=False, name='undecodable_jpegs')
 
-  def __call__(self, features):
-    if self._flag_key in features:
-      ok = features[self._flag_key]
-    else:
-      ok = is_decodable(features)
-    with tf.control_dependencies(
-        [self._rejected.assign_add(tf.cast(tf.logical_not(ok), tf.int64))]):
-      return tf.identity(ok)
+    def __call__(self, features):
+        if self._flag_key in features:
+            ok = features[self._flag_key]
+        else:
+            ok = is_decodable(features)
+        with tf.control_dependencies(
+            [self._rejected.assign_add(tf.cast(tf.logical_not(ok), tf.int64))]
+        ):
+            return tf.identity(ok)
 
-  def rejected(self):
-    """Number of examples rejected so far (Python int)."""
-    return int(self._rejected.numpy())
+    def rejected(self):
+        """Number of examples rejected so far (Python int)."""
+        return int(self._rejected.numpy())

@@ -127,7 +127,7 @@ class TrainStep:
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params, **update_args)
         params = optax.apply_updates(state.params, updates)
 
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
         if self.ema_decay:

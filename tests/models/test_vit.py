@@ -111,7 +111,9 @@ def test_head_output_gradient_matches_finite_differences():
         lambda: model.apply({'params': params}, x, mutable=['intermediates'])
     )
     zeros = jax.tree.map(
-        lambda t: jnp.zeros(t[0].shape), shapes['intermediates'], is_leaf=lambda t: isinstance(t, tuple)
+        lambda t: jnp.zeros(t[0].shape),
+        shapes['intermediates'],
+        is_leaf=lambda t: isinstance(t, tuple),
     )
 
     def loss(perturbations):

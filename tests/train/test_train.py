@@ -79,25 +79,44 @@ def test_command_line_trains_evaluates_and_overrides_reach_the_model(fashion_dat
     workdir = str(tmp_path / 'run')
     train = subprocess.run(
         [
-            sys.executable, 'tools/train.py', '--config', 'configs/fashion_mnist.py:method=svite',
-            '--workdir', workdir, '--config.model.depth=1', '--config.model.embed_dim=32',
-            '--config.num_epochs=0.05', '--config.data.shuffle_buffer=1000',
+            sys.executable,
+            'tools/train.py',
+            '--config',
+            'configs/fashion_mnist.py:method=svite',
+            '--workdir',
+            workdir,
+            '--config.model.depth=1',
+            '--config.model.embed_dim=32',
+            '--config.num_epochs=0.05',
+            '--config.data.shuffle_buffer=1000',
             '--config.optimizer.warmup_epochs=0.01',
         ],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert train.returncode == 0, train.stderr[-3000:]
     assert 'final top-1' in train.stdout
     evaluate = subprocess.run(
         [sys.executable, 'tools/evaluate.py', '--workdir', workdir, '--json'],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert evaluate.returncode == 0, evaluate.stderr[-3000:]
     report = json.loads(evaluate.stdout.strip().splitlines()[-1])
     assert report['num_examples'] == 10_000 and report['top1'] > 0.25  # chance is 0.1
     assert set(report['layer_density']) == {
-        'patch_embed/kernel', 'blocks_0/attn/qkv/kernel', 'blocks_0/attn/proj/kernel',
-        'blocks_0/mlp/fc1/kernel', 'blocks_0/mlp/fc2/kernel', 'head/kernel',
+        'patch_embed/kernel',
+        'blocks_0/attn/qkv/kernel',
+        'blocks_0/attn/proj/kernel',
+        'blocks_0/mlp/fc1/kernel',
+        'blocks_0/mlp/fc2/kernel',
+        'head/kernel',
     }  # depth=1 reached the model
     assert abs(report['density'] - 0.5) < 0.02
     eval_records = [r for r in _records(workdir) if r['kind'] == 'eval']
