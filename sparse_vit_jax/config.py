@@ -136,6 +136,24 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+# The paper's per-size settings (REFERENCE.md §4.2): global batch and ΔT at that batch.
+PAPER_BATCH = {'deit_tiny': 512, 'deit_small': 512, 'deit_base': 1024}
+PAPER_UPDATE_EVERY = {'deit_tiny': 15_000, 'deit_small': 15_000, 'deit_base': 7_000}
+
+
+def imagenet_config(model: str) -> ml_collections.ConfigDict:
+    """The DeiT recipe on ImageNet for `model` (deit_tiny|deit_small|deit_base), at the paper's
+    global batch (lr = 5e-4 · batch / 512) and ΔT for that size; every method switched off."""
+    if model not in PAPER_BATCH:
+        raise ValueError(f'model must be one of {sorted(PAPER_BATCH)}, got {model!r}')
+    c = base_config()
+    c.model = model_config(model)
+    c.batch_size = PAPER_BATCH[model]
+    c.sparsity.update_every = PAPER_UPDATE_EVERY[model]
+    c.sparsity.update_every_batch = PAPER_BATCH[model]
+    return c
+
+
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise ValueError(message)

@@ -1,32 +1,53 @@
 """Prepare a TFDS dataset so training can read it offline.
 
   python tools/prepare_data.py fashion_mnist [--data_dir DIR] [--source auto|tfds|idx] [--idx_dir DIR]
+  python tools/prepare_data.py imagenet2012 --manual_dir DIR [--data_dir DIR]
 
 fashion_mnist: downloads with TFDS when online; offline, builds the same TFDS dataset from the
 IDX files of the Debian package dataset-fashion-mnist (fetched with apt-get download when not
 installed) or from --idx_dir.
+imagenet2012: the real TFDS builder prepares ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar
+from --manual_dir (downloaded by you from image-net.org); the tars are checked first.
 """
 
 import os
+import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 from absl import app, flags  # noqa: E402
 
-from sparse_vit_jax.data import fashion_mnist  # noqa: E402
+from sparse_vit_jax.data import fashion_mnist, imagenet  # noqa: E402
 
 _DATA_DIR = flags.DEFINE_string('data_dir', None, 'TFDS data dir (default: TFDS default).')
-_SOURCE = flags.DEFINE_enum('source', 'auto', ['auto', 'tfds', 'idx'], 'Where the data comes from.')
+_SOURCE = flags.DEFINE_enum('source', 'auto', ['auto', 'tfds', 'idx'], 'fashion_mnist source.')
 _IDX_DIR = flags.DEFINE_string('idx_dir', None, 'Folder with the four Fashion-MNIST IDX files.')
+_MANUAL_DIR = flags.DEFINE_string('manual_dir', None, 'imagenet2012: folder with the ILSVRC tars.')
 
-DATASETS = ('fashion_mnist',)
+DATASETS = ('fashion_mnist', 'imagenet2012')
+
+
+def log(message: str) -> None:
+    print(f'[prepare_data] {message}', flush=True)
 
 
 def main(argv):
     if len(argv) != 2 or argv[1] not in DATASETS:
         raise app.UsageError(f'name one dataset to prepare: {", ".join(DATASETS)}')
-    log = lambda message: print(f'[prepare_data] {message}', flush=True)
-    fashion_mnist.prepare(_DATA_DIR.value, source=_SOURCE.value, idx_dir=_IDX_DIR.value, log=log)
+    try:
+        if argv[1] == 'fashion_mnist':
+            fashion_mnist.prepare(
+                _DATA_DIR.value, source=_SOURCE.value, idx_dir=_IDX_DIR.value, log=log
+            )
+        elif _MANUAL_DIR.value is None:
+            raise app.UsageError(
+                'imagenet2012 needs --manual_dir (the folder with the ILSVRC tars)'
+            )
+        else:
+            imagenet.prepare_imagenet2012(_DATA_DIR.value, _MANUAL_DIR.value, log=log)
+    except (FileNotFoundError, ValueError, RuntimeError) as error:
+        print(f'error: {error}', file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == '__main__':

@@ -35,8 +35,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # Re-exported so the pipeline needs a single import for the DeiT recipe.
 is_decodable = jpeg_check.is_decodable
-with_decodable_flag = jpeg_check.with_decodable_flag
-CountingJpegFilter = jpeg_check.CountingJpegFilter
 
 _DCT_METHOD = 'INTEGER_ACCURATE'  # libjpeg's ISLOW, what PIL decodes with.
 

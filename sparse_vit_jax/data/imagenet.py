@@ -190,7 +190,9 @@ def prepare_imagenet2012(data_dir, manual_dir, *, log=None):
       The prepared `tfds` builder.
     """
     log = log or (lambda message: None)
-    builder = tfds.builder('imagenet2012', data_dir=os.fspath(data_dir))
+    builder = tfds.builder(
+        'imagenet2012', data_dir=None if data_dir is None else os.fspath(data_dir)
+    )
     if builder.is_prepared():
         log(f'imagenet2012 already prepared in {builder.data_dir}')
         return builder

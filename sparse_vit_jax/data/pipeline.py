@@ -78,6 +78,23 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     )
 
 
+def drop_invalid(
+    ds: tf.data.Dataset, is_valid: Callable[[Features], tf.Tensor], counter: tf.Variable
+) -> tf.data.Dataset:
+    """Drops examples `is_valid` rejects (e.g. corrupt JPEGs) and counts them in `counter`.
+
+    The check runs in a parallel map; only the cheap flag test runs in the (single-threaded)
+    filter. Dropping is deterministic, so resumed runs still see the same stream.
+    """
+    ds = ds.map(lambda f: (f, is_valid(f)), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+    def keep(features, ok):
+        with tf.control_dependencies([counter.assign_add(tf.cast(tf.logical_not(ok), tf.int64))]):
+            return tf.identity(ok)
+
+    return ds.filter(keep).map(lambda features, ok: features)
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainInput:
     """Where a training stream comes from and how it is shaped."""
@@ -90,7 +107,11 @@ class TrainInput:
     shuffle_buffer: int = 10_000
     repeats: int = 1  # repeated augmentation (DeiT's RASampler uses 3)
     decoders: Mapping[str, Any] | None = None
-    filter_fn: Callable[[Features], tf.Tensor] | None = None  # drops undecodable examples
+    is_valid: Callable[[Features], tf.Tensor] | None = None  # e.g. the JPEG structure check
+    # How many examples `is_valid` dropped (a running total over epochs; not fatal).
+    skipped: tf.Variable = dataclasses.field(
+        default_factory=lambda: tf.Variable(0, dtype=tf.int64, trainable=False)
+    )
 
     @property
     def local_batch(self) -> int:
@@ -117,8 +138,8 @@ class TrainInput:
             decoders=self.decoders,
             read_config=tfds.ReadConfig(shuffle_seed=seed, try_autocache=False),
         )
-        if self.filter_fn is not None:
-            ds = ds.filter(self.filter_fn)
+        if self.is_valid is not None:
+            ds = drop_invalid(ds, self.is_valid, self.skipped)
         ds = ds.shuffle(self.shuffle_buffer, seed=seed, reshuffle_each_iteration=False)
         if self.repeats > 1:
             # Every image appears `repeats` times in a row (in the same global batch, as the DeiT
@@ -154,9 +175,14 @@ class EvalInput:
     preprocess: EvalPreprocess
     global_batch: int
     decoders: Mapping[str, Any] | None = None
+    is_valid: Callable[[Features], tf.Tensor] | None = None
+    skipped: tf.Variable = dataclasses.field(
+        default_factory=lambda: tf.Variable(0, dtype=tf.int64, trainable=False)
+    )
 
     @property
     def num_examples(self) -> int:
+        """Examples in the split (an upper bound on those counted when invalid ones are dropped)."""
         return self.builder.info.splits[self.split].num_examples
 
     @property
@@ -168,6 +194,8 @@ class EvalInput:
     def dataset(self) -> tf.data.Dataset:
         share, _ = process_split(self.builder, self.split)
         ds = self.builder.as_dataset(split=share, shuffle_files=False, decoders=self.decoders)
+        if self.is_valid is not None:
+            ds = drop_invalid(ds, self.is_valid, self.skipped)
         preprocess = self.preprocess
 
         def example(features):

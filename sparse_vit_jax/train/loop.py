@@ -13,6 +13,7 @@ import numpy as np
 
 from sparse_vit_jax import config as config_lib
 from sparse_vit_jax import data as data_lib
+from sparse_vit_jax.data import mixup
 from sparse_vit_jax.models import create_model_from_config
 from sparse_vit_jax.sparsity import api as sparsity_api
 from sparse_vit_jax.train import evaluation
@@ -28,6 +29,22 @@ logger = logging.getLogger(__name__)
 
 class NonFiniteError(FloatingPointError):
     """The loss or the gradient stopped being finite."""
+
+
+def mixup_fn(config: ml_collections.ConfigDict):
+    """Mixup/CutMix on device (timm's batch mode with label smoothing), or None when off."""
+    m = config.mixup
+    if m.prob <= 0 or (m.mixup_alpha <= 0 and m.cutmix_alpha <= 0):
+        return None
+    return functools.partial(
+        mixup.mixup_cutmix,
+        num_classes=config.model.num_classes,
+        mixup_alpha=m.mixup_alpha,
+        cutmix_alpha=m.cutmix_alpha,
+        prob=m.prob,
+        switch_prob=m.switch_prob,
+        label_smoothing=config.label_smoothing,
+    )
 
 
 def image_shape(config: ml_collections.ConfigDict, train_input: data_lib.TrainInput) -> tuple:
@@ -85,6 +102,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             sparsity_api.forward_masks, fidelity=config.sparsity.fidelity
         ),
         needs_head_scores=spec is not None and spec.structured,
+        mix=mixup_fn(config),
         ema_decay=config.ema_decay,
     )
     batch_sharding = sharding_lib.batch_sharding(mesh)

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from sparse_vit_jax.data.mixup import smooth_labels
 from sparse_vit_jax.models.vit import HEAD_OUTPUTS
 from sparse_vit_jax.train.state import TrainState
 
@@ -25,12 +26,6 @@ STREAMS = ('dropout', 'gumbel', 'mixup', 'sparsity')
 def step_keys(seed: int, step: jax.Array) -> dict[str, jax.Array]:
     key = jax.random.fold_in(jax.random.key(seed), step)
     return dict(zip(STREAMS, jax.random.split(key, len(STREAMS))))
-
-
-def smooth_one_hot(labels: jax.Array, num_classes: int, smoothing: float) -> jax.Array:
-    """timm's label smoothing: off = s / C everywhere, on = 1 - s + s / C."""
-    off = smoothing / num_classes
-    return jax.nn.one_hot(labels, num_classes) * (1.0 - smoothing) + off
 
 
 def head_scores(
@@ -71,7 +66,7 @@ class TrainStep:
     def _targets(self, keys, images, labels):
         if self.mix is not None:
             return self.mix(keys['mixup'], images, labels)
-        return images, smooth_one_hot(labels, self.num_classes, self.label_smoothing)
+        return images, smooth_labels(labels, self.num_classes, self.label_smoothing)
 
     def __call__(self, state: TrainState, batch: dict[str, jax.Array]):
         keys = step_keys(self.seed, state.step)
