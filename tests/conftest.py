@@ -47,23 +47,12 @@ def tiny_data_dir(tmp_path_factory) -> str:
     return data_dir
 
 
-def _tiny_config(data_dir: str, **overrides):
-    """The Fashion-MNIST config shrunk to the tiny dataset and the 'vit_test' model."""
-    from sparse_vit_jax import config as config_lib
+def _tiny_config(data_dir: str, arg: str | None = None, **overrides):
+    """tests/tiny_config.py for the tiny dataset in `data_dir`, with dotted-key overrides."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import tiny_config
 
-    sys.path.insert(0, os.path.join(REPO, 'configs'))
-    import fashion_mnist
-
-    c = fashion_mnist.get_config(overrides.pop('arg', None))
-    c.model = config_lib.model_config('vit_test')
-    c.data.update(dict(name='tiny_images', data_dir=data_dir, shuffle_buffer=64, eval_batch_size=8))
-    c.data.mean, c.data.std = (0.3,) * 3, (0.3,) * 3
-    c.batch_size = 4
-    c.num_epochs = 1.0
-    c.log_every_steps = 3
-    c.checkpoint_every_steps = 3
-    c.eval_every_epochs = 100.0
-    c.optimizer.warmup_epochs = 0.2
+    c = tiny_config.get_config(','.join(filter(None, [f'data_dir={data_dir}', arg])))
     for key, value in overrides.items():
         target = c
         *parents, leaf = key.split('.')

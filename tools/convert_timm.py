@@ -11,7 +11,6 @@ eval pipeline.
 """
 
 import os
-import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
@@ -19,7 +18,7 @@ import jax  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from sparse_vit_jax import config as config_lib  # noqa: E402
-from sparse_vit_jax import convert, logs  # noqa: E402
+from sparse_vit_jax import cli, convert  # noqa: E402
 from sparse_vit_jax.models import create_model_from_config  # noqa: E402
 from sparse_vit_jax.train.checkpoint import Checkpointer  # noqa: E402
 
@@ -86,13 +85,8 @@ def _convert(path: str, workdir: str) -> str:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-    logs.setup()
-    try:
-        message = _convert(_WEIGHTS.value, _WORKDIR.value)
-    except (ValueError, OSError) as error:
-        sys.exit(f'error: {error}')
-    print(message)
+    print(_convert(_WEIGHTS.value, _WORKDIR.value))
 
 
 if __name__ == '__main__':
-    app.run(main)
+    cli.run(main)

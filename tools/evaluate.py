@@ -13,7 +13,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 from absl import app, flags  # noqa: E402
 
-from sparse_vit_jax import logs  # noqa: E402
+from sparse_vit_jax import cli  # noqa: E402
 from sparse_vit_jax.train import evaluation  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Workdir with checkpoints/.', required=True)
@@ -26,7 +26,6 @@ _SPLIT = flags.DEFINE_string('split', None, 'Override the eval split.')
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-    logs.setup()
     report = evaluation.evaluate_checkpoint(
         _WORKDIR.value, step=_STEP.value, data_dir=_DATA_DIR.value, split=_SPLIT.value
     )
@@ -50,4 +49,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-    app.run(main)
+    cli.run(main)

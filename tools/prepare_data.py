@@ -11,12 +11,12 @@ from --manual_dir (downloaded by you from image-net.org); the tars are checked f
 """
 
 import os
-import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 from absl import app, flags  # noqa: E402
 
+from sparse_vit_jax import cli  # noqa: E402
 from sparse_vit_jax.data import fashion_mnist, imagenet  # noqa: E402
 
 _DATA_DIR = flags.DEFINE_string('data_dir', None, 'TFDS data dir (default: TFDS default).')
@@ -34,21 +34,15 @@ def log(message: str) -> None:
 def main(argv):
     if len(argv) != 2 or argv[1] not in DATASETS:
         raise app.UsageError(f'name one dataset to prepare: {", ".join(DATASETS)}')
-    try:
-        if argv[1] == 'fashion_mnist':
-            fashion_mnist.prepare(
-                _DATA_DIR.value, source=_SOURCE.value, idx_dir=_IDX_DIR.value, log=log
-            )
-        elif _MANUAL_DIR.value is None:
-            raise app.UsageError(
-                'imagenet2012 needs --manual_dir (the folder with the ILSVRC tars)'
-            )
-        else:
-            imagenet.prepare_imagenet2012(_DATA_DIR.value, _MANUAL_DIR.value, log=log)
-    except (FileNotFoundError, ValueError, RuntimeError) as error:
-        print(f'error: {error}', file=sys.stderr)
-        sys.exit(1)
+    if argv[1] == 'fashion_mnist':
+        fashion_mnist.prepare(
+            _DATA_DIR.value, source=_SOURCE.value, idx_dir=_IDX_DIR.value, log=log
+        )
+    elif _MANUAL_DIR.value is None:
+        raise app.UsageError('imagenet2012 needs --manual_dir (the folder with the ILSVRC tars)')
+    else:
+        imagenet.prepare_imagenet2012(_DATA_DIR.value, _MANUAL_DIR.value, log=log)
 
 
 if __name__ == '__main__':
-    app.run(main)
+    cli.run(main)

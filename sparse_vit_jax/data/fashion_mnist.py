@@ -96,7 +96,7 @@ def fetch_debian_idx(cache_dir: str, log: Log) -> str:
         return folder
     for tool in ('apt-get', 'dpkg-deb'):
         if shutil.which(tool) is None:
-            raise RuntimeError(
+            raise FileNotFoundError(
                 f'Fashion-MNIST is not reachable online and `{tool}` is missing, so the Debian package '
                 f'{DEBIAN_PACKAGE} cannot be fetched. Put the four IDX files (train-images-idx3-ubyte.gz, '
                 '...) in a folder and pass --idx_dir FOLDER.'
@@ -108,7 +108,7 @@ def fetch_debian_idx(cache_dir: str, log: Log) -> str:
         (deb,) = [f for f in os.listdir(tmp) if f.endswith('.deb')]
         subprocess.run(['dpkg-deb', '-x', os.path.join(tmp, deb), target], check=True)
     if not find_idx_files(folder):
-        raise RuntimeError(
+        raise FileNotFoundError(
             f'{DEBIAN_PACKAGE} unpacked to {target} but holds no IDX files in '
             f'{DEBIAN_IDX_DIR}; pass --idx_dir FOLDER with the four IDX files.'
         )

@@ -22,6 +22,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from sparse_vit_jax.errors import DatasetNotPreparedError
+
 # TensorFlow only feeds the input pipeline; the accelerators belong to JAX.
 tf.config.set_visible_devices([], 'GPU')
 
@@ -30,18 +32,25 @@ TrainPreprocess = Callable[[Features, tf.Tensor], dict[str, tf.Tensor]]  # (feat
 EvalPreprocess = Callable[[Features], dict[str, tf.Tensor]]
 
 
-class DatasetNotPreparedError(FileNotFoundError):
-    """The TFDS dataset has not been prepared in the data directory."""
+# Datasets tools/prepare_data.py knows how to prepare.
+PREPARABLE = ('fashion_mnist', 'imagenet2012')
 
 
 def load_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
     """The TFDS builder of a prepared dataset, or a clear error that says how to prepare it."""
-    builder = tfds.builder(name, data_dir=data_dir)
-    if not tf.io.gfile.exists(os.path.join(builder.data_dir, 'dataset_info.json')):
-        flag = f' --data_dir {data_dir}' if data_dir else ''
+    flag = f' --data_dir {data_dir}' if data_dir else ''
+    how = f'Prepare it with:\n  python tools/prepare_data.py {name}{flag}'
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError:  # not a TFDS name, nothing in data_dir
+        where = data_dir or 'the TFDS data dir'
         raise DatasetNotPreparedError(
-            f'TFDS dataset {name!r} is not prepared in {builder.data_dir}. Prepare it with:\n'
-            f'  python tools/prepare_data.py {name}{flag}'
+            f'TFDS dataset {name!r} is not registered and not prepared in {where}. Check '
+            'config.data.name and config.data.data_dir.' + (f' {how}' if name in PREPARABLE else '')
+        ) from None
+    if not tf.io.gfile.exists(os.path.join(builder.data_dir, 'dataset_info.json')):
+        raise DatasetNotPreparedError(
+            f'TFDS dataset {name!r} is not prepared in {builder.data_dir}. {how}'
         )
     return builder
 

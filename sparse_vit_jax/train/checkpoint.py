@@ -15,13 +15,10 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from sparse_vit_jax.errors import CheckpointError
 from sparse_vit_jax.train.state import TrainState
 
 ITEMS = ('params', 'masks', 'opt_state', 'train', 'meta')
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, corrupt, or does not fit the run."""
 
 
 def checkpoint_dir(workdir: str) -> str:

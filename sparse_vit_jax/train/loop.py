@@ -1,9 +1,18 @@
-"""The training loop: build everything from the config, resume if possible, train, evaluate, save."""
+"""The training loop: build everything from the config, resume if possible, train, evaluate, save.
+
+Interruptions lose nothing: checkpoints are written atomically every `checkpoint_every_steps`,
+a SIGTERM (how TPU VMs announce preemption) saves the current step and returns, and a restart
+with the same workdir continues bit-identically (data position and every random stream are
+functions of the step). A non-finite loss or gradient stops the run before anything non-finite
+is saved.
+"""
 
 from __future__ import annotations
 
 import functools
 import logging
+import os
+import tempfile
 import time
 from typing import Any
 
@@ -14,6 +23,7 @@ import numpy as np
 from sparse_vit_jax import config as config_lib
 from sparse_vit_jax import data as data_lib
 from sparse_vit_jax.data import mixup
+from sparse_vit_jax.errors import CheckpointError, NonFiniteError
 from sparse_vit_jax.models import create_model_from_config
 from sparse_vit_jax.sparsity import api as sparsity_api
 from sparse_vit_jax.train import evaluation
@@ -21,14 +31,11 @@ from sparse_vit_jax.train import optimizer as optimizer_lib
 from sparse_vit_jax.train import sharding as sharding_lib
 from sparse_vit_jax.train.checkpoint import Checkpointer
 from sparse_vit_jax.train.metrics import MetricWriter
+from sparse_vit_jax.train.preemption import PreemptionWatcher
 from sparse_vit_jax.train.state import TrainState, create_train_state, init_params
 from sparse_vit_jax.train.steps import TrainStep
 
 logger = logging.getLogger(__name__)
-
-
-class NonFiniteError(FloatingPointError):
-    """The loss or the gradient stopped being finite."""
 
 
 def mixup_fn(config: ml_collections.ConfigDict):
@@ -53,114 +60,130 @@ def image_shape(config: ml_collections.ConfigDict, train_input: data_lib.TrainIn
     return (config.model.image_size, config.model.image_size, channels)
 
 
+def check_writable(workdir: str) -> None:
+    """Fails early, before any work, when checkpoints could not be written."""
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        with tempfile.TemporaryFile(dir=workdir):
+            pass
+    except OSError as error:
+        raise PermissionError(
+            f'workdir {workdir} is not writable ({error.strerror}); choose another --workdir'
+        ) from None
+
+
 def _format_duration(seconds: float) -> str:
     minutes, seconds = divmod(int(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f'{hours}h{minutes:02d}m' if hours else f'{minutes}m{seconds:02d}s'
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Trains (resuming from the latest checkpoint in `workdir`) and returns the final eval metrics."""
-    config_lib.validate(config)
-    mesh = sharding_lib.make_mesh(config.mesh)
-    train_input, eval_input = data_lib.make_inputs(config)
-    steps_per_epoch = train_input.steps_per_epoch
-    total_steps = max(1, round(config.num_epochs * steps_per_epoch))
-    model = create_model_from_config(config.model)
-    shape = image_shape(config, train_input)
-    init_key = jax.random.fold_in(jax.random.key(config.seed), 0x1417)
+class Trainer:
+    """One run: the model, optimizer, sharded state, input streams, checkpoints and metrics."""
 
-    params_shape = jax.eval_shape(lambda: init_params(model, init_key, shape))
-    tx, lr_schedule, spec = optimizer_lib.make_optimizer(
-        config, model, params_shape, total_steps=total_steps, steps_per_epoch=steps_per_epoch
-    )
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+        config_lib.validate(config)
+        check_writable(workdir)
+        self.config, self.workdir = config, workdir
+        self.mesh = sharding_lib.make_mesh(config.mesh)
+        self.train_input, self.eval_input = data_lib.make_inputs(config)
+        self.steps_per_epoch = self.train_input.steps_per_epoch
+        self.total_steps = max(1, round(config.num_epochs * self.steps_per_epoch))
+        self.model = create_model_from_config(config.model)
+        shape = image_shape(config, self.train_input)
+        key = jax.random.fold_in(jax.random.key(config.seed), 0x1417)
+        params_shape = jax.eval_shape(lambda: init_params(self.model, key, shape))
+        tx, self.lr_schedule, spec = optimizer_lib.make_optimizer(
+            config,
+            self.model,
+            params_shape,
+            total_steps=self.total_steps,
+            steps_per_epoch=self.steps_per_epoch,
+        )
+        self.init_state = lambda: create_train_state(
+            self.model, tx, key, shape, ema=config.ema_decay > 0
+        )
+        abstract_state = jax.eval_shape(self.init_state)
+        self.state_sharding = sharding_lib.state_shardings(
+            abstract_state, self.mesh, config.mesh.fsdp_min_size
+        )
+        self.step_fn = TrainStep(
+            self.model,
+            tx,
+            seed=config.seed,
+            num_classes=config.model.num_classes,
+            label_smoothing=config.label_smoothing,
+            forward_masks=functools.partial(
+                sparsity_api.forward_masks, fidelity=config.sparsity.fidelity
+            ),
+            needs_head_scores=spec is not None and spec.structured,
+            mix=mixup_fn(config),
+            ema_decay=config.ema_decay,
+        )
+        self.batch_sharding = sharding_lib.batch_sharding(self.mesh)
+        self.train_step = jax.jit(
+            self.step_fn,
+            in_shardings=(self.state_sharding, self.batch_sharding),
+            out_shardings=(self.state_sharding, sharding_lib.replicated(self.mesh)),
+            donate_argnums=0,
+        )
+        self.eval_fn = evaluation.make_eval_fn(self.model, self.mesh)
+        self.sparsity_summary = jax.jit(sparsity_api.summary)
+        self.logged_update = -1
+        self.checkpointer = Checkpointer(workdir, config.keep_checkpoints)
+        self.writer = MetricWriter(workdir)
+        self.meta = {
+            'config': config.to_dict(),
+            'total_steps': self.total_steps,
+            'steps_per_epoch': self.steps_per_epoch,
+        }
 
-    def init_state():
-        return create_train_state(model, tx, init_key, shape, ema=config.ema_decay > 0)
-
-    abstract_state = jax.eval_shape(init_state)
-    state_sharding = sharding_lib.state_shardings(abstract_state, mesh, config.mesh.fsdp_min_size)
-    checkpointer = Checkpointer(workdir, config.keep_checkpoints)
-    if checkpointer.latest_step() is not None:
+    def restore_or_init(self) -> TrainState:
+        """The latest checkpoint of this workdir if there is one, else a fresh sharded state."""
+        if self.checkpointer.latest_step() is None:
+            return jax.jit(self.init_state, out_shardings=self.state_sharding)()
+        saved = self.checkpointer.meta()
+        if saved['config']['model'] != self.meta['config']['model']:
+            raise CheckpointError(
+                f'the checkpoints in {self.checkpointer.directory} were written for model '
+                f'{_describe(saved["config"]["model"])}, but this config describes '
+                f'{_describe(self.meta["config"]["model"])}. Use a new --workdir, or the '
+                'config the run started with.'
+            )
         target = jax.tree.map(
             lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-            abstract_state,
-            state_sharding,
+            jax.eval_shape(self.init_state),
+            self.state_sharding,
         )
-        state = checkpointer.restore_state(target)
-        logger.info('resumed from %s at step %d', checkpointer.directory, int(state.step))
-    else:
-        state = jax.jit(init_state, out_shardings=state_sharding)()
+        state = self.checkpointer.restore_state(target)
+        logger.info('resumed from %s at step %d', self.checkpointer.directory, int(state.step))
+        return state
 
-    step_fn = TrainStep(
-        model,
-        tx,
-        seed=config.seed,
-        num_classes=config.model.num_classes,
-        label_smoothing=config.label_smoothing,
-        forward_masks=functools.partial(
-            sparsity_api.forward_masks, fidelity=config.sparsity.fidelity
-        ),
-        needs_head_scores=spec is not None and spec.structured,
-        mix=mixup_fn(config),
-        ema_decay=config.ema_decay,
-    )
-    batch_sharding = sharding_lib.batch_sharding(mesh)
-    train_step = jax.jit(
-        step_fn,
-        in_shardings=(state_sharding, batch_sharding),
-        out_shardings=(state_sharding, sharding_lib.replicated(mesh)),
-        donate_argnums=0,
-    )
-    eval_fn = evaluation.make_eval_fn(model, mesh)
-    sparsity_summary = jax.jit(sparsity_api.summary)
-    logged_update = -1
-
-    def log_sparsity(state: TrainState) -> None:
-        """Writes the sparsity record when a topology update happened since the last one."""
-        nonlocal logged_update
-        values = sparsity_summary(state.opt_state)
-        if values is None or int(values['last_update_step']) == logged_update:
-            return
-        logged_update = int(values['last_update_step'])
-        writer.write(int(state.step), 'sparsity', values)
-        logger.info(
-            'sparsity at step %d: density %.4f, fired %.4f, %d weights moved at step %d',
-            int(state.step),
-            float(values['density']),
-            float(values['fired_density']),
-            int(values['moved']),
-            logged_update,
-        )
-
-    writer = MetricWriter(workdir)
-    meta = {
-        'config': config.to_dict(),
-        'total_steps': total_steps,
-        'steps_per_epoch': steps_per_epoch,
-    }
-    eval_every = max(1, round(config.eval_every_epochs * steps_per_epoch))
-
-    def check_finite(state: TrainState) -> None:
+    def check_finite(self, state: TrainState) -> None:
         bad = int(state.nonfinite_step)
         if bad >= 0:
-            last = checkpointer.latest_step()
             raise NonFiniteError(
-                f'loss or gradient became NaN/Inf at step {bad}; the run stopped without saving it. '
-                f'Last good checkpoint: step {last} in {checkpointer.directory}. Lower the learning '
-                'rate or enable config.optimizer.grad_clip_norm, then restart.'
+                f'loss or gradient became NaN/Inf at step {bad + 1}; the run stopped without '
+                f'saving it. Last good checkpoint: step {self.checkpointer.latest_step()} in '
+                f'{self.checkpointer.directory}. Lower the learning rate or set '
+                'config.optimizer.grad_clip_norm, then restart.'
             )
 
-    def run_eval(state: TrainState) -> dict[str, float]:
-        results = evaluation.evaluate(
-            eval_fn, state.params, step_fn.forward_masks(state.masks), eval_input, mesh
-        )
+    def save(self, state: TrainState) -> None:
+        self.check_finite(state)
+        if self.checkpointer.latest_step() != int(state.step):
+            self.checkpointer.save(state, self.meta)
+
+    def evaluate(self, state: TrainState) -> dict[str, float]:
+        self.check_finite(state)
+        gates = self.step_fn.forward_masks(state.masks)
+        results = evaluation.evaluate(self.eval_fn, state.params, gates, self.eval_input, self.mesh)
         if state.ema_params is not None:
             ema = evaluation.evaluate(
-                eval_fn, state.ema_params, step_fn.forward_masks(state.masks), eval_input, mesh
+                self.eval_fn, state.ema_params, gates, self.eval_input, self.mesh
             )
             results.update({f'ema_{k}': v for k, v in ema.items()})
-        writer.write(int(state.step), 'eval', results)
+        self.writer.write(int(state.step), 'eval', results)
         logger.info(
             'eval at step %d: top1 %.4f top5 %.4f loss %.4f (%d examples)',
             int(state.step),
@@ -171,57 +194,97 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         )
         return results
 
-    start_step = int(state.step)
-    logger.info(
-        'training %s for %d steps (%d per epoch, global batch %d) on %d devices, mesh %s',
-        config.model.name,
-        total_steps,
-        steps_per_epoch,
-        config.batch_size,
-        jax.device_count(),
-        dict(mesh.shape),
-    )
-    batches = data_lib.prefetch_to_device(train_input.batches(start_step), batch_sharding)
-    pending: list[dict[str, jax.Array]] = []
-    interval_start, interval_step, run_start = time.perf_counter(), start_step, time.perf_counter()
-    results: dict[str, Any] = {}
-    for step in range(start_step, total_steps):
-        state, metrics = train_step(state, next(batches))
-        pending.append(metrics)
-        done = step + 1
-        if done % config.log_every_steps == 0 or done == total_steps:
-            check_finite(state)
-            values = {k: float(np.mean([float(m[k]) for m in pending])) for k in pending[0]}
-            pending = []
-            now = time.perf_counter()
-            rate = (done - interval_step) * config.batch_size / (now - interval_start)
-            values.update(
-                lr=float(lr_schedule(done - 1)), images_per_sec=rate, epoch=done / steps_per_epoch
-            )
-            writer.write(done, 'train', values)
-            log_sparsity(state)
-            eta = (total_steps - done) * config.batch_size / rate
-            logger.info(
-                'step %d/%d | loss %.4f | acc %.3f | lr %.3g | %.0f img/s | ETA %s',
-                done,
-                total_steps,
-                values['loss'],
-                values['accuracy'],
-                values['lr'],
-                rate,
-                _format_duration(eta),
-            )
-            interval_start, interval_step = time.perf_counter(), done
-        if done % eval_every == 0 and done != total_steps:
-            check_finite(state)
-            run_eval(state)
-        if done % config.checkpoint_every_steps == 0 and done != total_steps:
-            check_finite(state)
-            checkpointer.save(state, meta)
-    check_finite(state)
-    if checkpointer.latest_step() != int(state.step):
-        checkpointer.save(state, meta)
-    results = run_eval(state)
-    checkpointer.wait()
-    results.update(step=int(state.step), train_seconds=time.perf_counter() - run_start)
-    return results
+    def log_train(self, state: TrainState, metrics: list[dict], seconds: float) -> None:
+        """Averages the interval's metrics (one host sync per log line) and writes them."""
+        self.check_finite(state)
+        step = int(state.step)
+        values = {k: float(np.mean([float(m[k]) for m in metrics])) for k in metrics[0]}
+        rate = len(metrics) * self.config.batch_size / seconds
+        values.update(
+            lr=float(self.lr_schedule(step - 1)),
+            images_per_sec=rate,
+            epoch=step / self.steps_per_epoch,
+            skipped_examples=int(self.train_input.skipped.numpy()),
+        )
+        self.writer.write(step, 'train', values)
+        eta = (self.total_steps - step) * self.config.batch_size / rate
+        logger.info(
+            'step %d/%d | loss %.4f | acc %.3f | lr %.3g | %.0f img/s | ETA %s',
+            step,
+            self.total_steps,
+            values['loss'],
+            values['accuracy'],
+            values['lr'],
+            rate,
+            _format_duration(eta),
+        )
+        self.log_sparsity(state)
+
+    def log_sparsity(self, state: TrainState) -> None:
+        """Writes the sparsity record when a topology update happened since the last one."""
+        values = self.sparsity_summary(state.opt_state)
+        if values is None or int(values['last_update_step']) == self.logged_update:
+            return
+        self.logged_update = int(values['last_update_step'])
+        self.writer.write(int(state.step), 'sparsity', values)
+        logger.info(
+            'sparsity at step %d: density %.4f, fired %.4f, %d weights moved at step %d',
+            int(state.step),
+            float(values['density']),
+            float(values['fired_density']),
+            int(values['moved']),
+            self.logged_update,
+        )
+
+    def run(self) -> dict[str, Any]:
+        """Trains to the end (or until preempted) and returns the final eval metrics."""
+        c = self.config
+        state = self.restore_or_init()
+        start_step = int(state.step)
+        eval_every = max(1, round(c.eval_every_epochs * self.steps_per_epoch))
+        logger.info(
+            'training %s for %d steps (%d per epoch, global batch %d) on %d devices, mesh %s',
+            c.model.name,
+            self.total_steps,
+            self.steps_per_epoch,
+            c.batch_size,
+            jax.device_count(),
+            dict(self.mesh.shape),
+        )
+        batches = data_lib.prefetch_to_device(
+            self.train_input.batches(start_step), self.batch_sharding
+        )
+        pending, interval_start, run_start = [], time.perf_counter(), time.perf_counter()
+        with PreemptionWatcher() as preemption:
+            for step in range(start_step, self.total_steps):
+                state, metrics = self.train_step(state, next(batches))
+                pending.append(metrics)
+                done = step + 1
+                if done % c.log_every_steps == 0 or done == self.total_steps:
+                    self.log_train(state, pending, time.perf_counter() - interval_start)
+                    pending, interval_start = [], time.perf_counter()
+                if preemption.requested(done):
+                    self.save(state)
+                    self.checkpointer.wait()
+                    logger.warning('preempted: saved step %d; restart to continue', done)
+                    return {'step': done, 'preempted': True}
+                if done % eval_every == 0 and done != self.total_steps:
+                    self.evaluate(state)
+                if done % c.checkpoint_every_steps == 0:
+                    self.save(state)
+        self.save(state)
+        results = self.evaluate(state)
+        self.checkpointer.wait()
+        results.update(step=int(state.step), train_seconds=time.perf_counter() - run_start)
+        return results
+
+
+def _describe(model_config: dict) -> str:
+    keys = ('name', 'embed_dim', 'depth', 'num_heads', 'mlp_dim', 'image_size', 'num_classes')
+    return '(' + ', '.join(f'{k}={model_config.get(k)}' for k in keys) + ')'
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Trains (resuming from the latest checkpoint in `workdir`) and returns the final eval
+    metrics; after a preemption, returns {'step', 'preempted': True} once the save is done."""
+    return Trainer(config, workdir).run()

@@ -1,0 +1,63 @@
+"""Command-line glue shared by tools/: logging setup and one clear line for user errors.
+
+This is the only module that prints. Bad input (an unknown or mistyped config field, a wrong
+config value, a missing dataset, a corrupt checkpoint, a non-finite loss, an unwritable workdir)
+ends with `error: <message>` on stderr and exit status 1, never a traceback; anything else is a
+bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from typing import Callable, NoReturn
+
+from absl import app, flags
+
+from sparse_vit_jax import logs
+from sparse_vit_jax.errors import UserError
+
+USER_ERRORS = (UserError, ValueError, OSError)
+
+
+def fail(message: str) -> NoReturn:
+    print(f'error: {message}', file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
+def _flag_error_message(error: Exception, argv: list[str]) -> str:
+    """The useful line of a flag-parsing error (config files raise with a whole traceback)."""
+    if isinstance(error, AttributeError):  # ml_collections: an override names no field
+        text = str(error).encode().decode('unicode_escape')
+        field = re.search(r"(\w+)", text).group(1)
+        hint = re.search(r'Did you mean "(\w+)"', text)
+        culprits = [a for a in argv if re.match(rf'--config\.(\w+\.)*{field}\b', a)]
+        where = f' in {culprits[0]}' if culprits else ''
+        suggestion = f'; did you mean {hint.group(1)!r}?' if hint else ''
+        return f'unknown config field {field!r}{where}{suggestion}'
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if len(lines) > 2:  # a config file failed to load: its first and last lines say why
+        return f'{lines[0]} {lines[-1]}'
+    return ' '.join(lines)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    try:
+        return flags.FLAGS(argv)
+    except (flags.Error, AttributeError, KeyError, OSError, ValueError) as error:
+        fail(_flag_error_message(error, argv))
+
+
+def run(main: Callable[[list[str]], None]) -> None:
+    """absl's app.run(main) with logging set up and user errors reported without a traceback."""
+
+    def guarded(argv: list[str]) -> None:
+        logs.setup()
+        try:
+            main(argv)
+        except UserError as error:
+            fail(str(error))
+        except USER_ERRORS as error:  # e.g. a config file that failed to load
+            fail(_flag_error_message(error, argv))
+
+    app.run(guarded, flags_parser=_parse_flags)

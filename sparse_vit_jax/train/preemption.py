@@ -1,0 +1,41 @@
+"""Preemption: SIGTERM asks the run to save its current step and stop cleanly.
+
+TPU VMs (and most cluster schedulers) send SIGTERM shortly before they take a machine away.
+With several processes, every process must stop at the same step, so the decision comes from
+JAX's preemption sync point (set up by ``jax.distributed.initialize``) instead of the local
+signal alone.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+import jax
+from jax.experimental import multihost_utils
+
+
+class PreemptionWatcher:
+    """Context manager; `requested(step)` is True at the step where the run should stop."""
+
+    def __init__(self):
+        self._signalled = False
+        self._previous = None
+
+    def _handle(self, signum, frame):
+        del signum, frame
+        self._signalled = True
+
+    def __enter__(self) -> PreemptionWatcher:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+    def requested(self, step: int) -> bool:
+        if jax.process_count() > 1:
+            return multihost_utils.reached_preemption_sync_point(step)
+        return self._signalled
