@@ -238,6 +238,12 @@ class Trainer:
 
     def run(self) -> dict[str, Any]:
         """Trains to the end (or until preempted) and returns the final eval metrics."""
+        try:
+            return self._run()
+        finally:  # whatever stops the run, saves already started complete
+            self.checkpointer.wait()
+
+    def _run(self) -> dict[str, Any]:
         c = self.config
         state = self.restore_or_init()
         start_step = int(state.step)
@@ -265,7 +271,6 @@ class Trainer:
                     pending, interval_start = [], time.perf_counter()
                 if preemption.requested(done):
                     self.save(state)
-                    self.checkpointer.wait()
                     logger.warning('preempted: saved step %d; restart to continue', done)
                     return {'step': done, 'preempted': True}
                 if done % eval_every == 0 and done != self.total_steps:
@@ -274,7 +279,6 @@ class Trainer:
                     self.save(state)
         self.save(state)
         results = self.evaluate(state)
-        self.checkpointer.wait()
         results.update(step=int(state.step), train_seconds=time.perf_counter() - run_start)
         return results
 
