@@ -20,7 +20,13 @@ import pytest
 from sparse_vit_jax import config as config_lib
 from sparse_vit_jax.export import SlimExportError, export_slim
 from sparse_vit_jax.models import create_model, create_model_from_config
-from sparse_vit_jax.models.slim import kept_units, num_params, slim_model_config, slim_params
+from sparse_vit_jax.models.slim import (
+    block_names,
+    kept_units,
+    num_params,
+    slim_model_config,
+    slim_params,
+)
 from sparse_vit_jax.sparsity.api import apply_weight_masks, forward_masks
 from sparse_vit_jax.sparsity.transform import unit_weight_masks
 from sparse_vit_jax.train import evaluation, loop
@@ -154,6 +160,13 @@ def test_invalid_masks_are_rejected():
         slim_params(params, masks, fidelity='reference', head_dim=16)
 
 
+def test_blocks_are_taken_in_depth_order():
+    names = [f'blocks_{i}' for i in (10, 2, 0, 1, 11, 9)]
+    assert block_names({name: None for name in names + ['head', 'norm']}) == [
+        'blocks_0', 'blocks_1', 'blocks_2', 'blocks_9', 'blocks_10', 'blocks_11'
+    ]
+
+
 def test_slim_model_config_survives_json():
     config = config_lib.model_config('vit_test', depth=DEPTH)
     overrides = {'num_heads': (1, 4, 2), 'mlp_dim': (3, 64, 9), 'head_dim': HEAD_DIM}
@@ -206,9 +219,17 @@ def test_export_tool_end_to_end(tiny_config, tmp_path):
     slim_config = ml_collections.ConfigDict(meta['config'])
     config_lib.validate(slim_config)
     assert list(slim_config.model.num_heads) == [2, 2] and slim_config.model.head_dim == 8
-    # The fold is not trivial here: the pruned heads' v-biases trained away from their zero init.
-    (source, _), (exported, _) = _restore_params(run), _restore_params(out)
-    for block in ('blocks_0', 'blocks_1'):
+    # Logits on random images too: this short run's top-1 and loss would barely notice a missing
+    # fold (its pruned heads' v-biases are ~1e-4), the logits do.
+    (source, masks), (exported, _) = _restore_params(run), _restore_params(out)
+    images = np.random.default_rng(0).normal(size=(8, 16, 16, 3)).astype(np.float32)
+    gates = forward_masks(masks, 'reference')
+    masked_logits = _apply(create_model_from_config(config.model), source, images, gates)
+    slim_model = create_model_from_config(meta['config']['model'])
+    assert _relative_error(_apply(slim_model, exported, images), masked_logits) < 1e-5
+    unfolded, _ = slim_params(source, masks, fidelity='improved', head_dim=8)
+    assert _relative_error(_apply(slim_model, unfolded, images), masked_logits) > 1e-4
+    for block in ('blocks_0', 'blocks_1'):  # the pruned heads' v-biases trained away from 0
         before = source[block]['attn']['proj']['bias']
         after = exported[block]['attn']['proj']['bias']
         assert not np.allclose(before, after, rtol=0, atol=1e-7)
