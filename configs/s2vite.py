@@ -1,0 +1,76 @@
+"""S²ViTE on ImageNet: structured (head + MLP neuron) sparse DeiT training, as in the paper.
+
+    python tools/train.py --workdir runs/s2vite_s_70_60 \
+        --config configs/s2vite.py:model=deit_small,head_density=0.7,neuron_density=0.6
+    python tools/export_slim.py --workdir runs/s2vite_s_70_60 --out runs/s2vite_s_70_60_slim
+
+Args:
+  model: deit_tiny | deit_small | deit_base.
+  head_density: kept fraction of attention heads per block (atten_density in the official code).
+  neuron_density: kept fraction of MLP hidden neurons per block (other_density).
+  fidelity: reference (the official code's decisions; pruned heads still emit their v-bias) |
+    improved (see README).
+  seed.
+
+The recipe is the official scripts' (REFERENCE.md §4.2): the DeiT recipe for 600 epochs, ΔT =
+15000 steps at global batch 512 for Tiny and Small, and for Base global batch 1024, lr 5e-4·1024/512
+= 1e-3 (via lr_base_batch) and ΔT = 7000 at batch 1024; topology updates until t_end = 0.8 of the
+run. ΔT and the lr rescale with --config.batch_size (update_every_batch, lr_base_batch).
+
+The paper's (head_density, neuron_density) pairs and the units kept per block, int(H·d) heads
+and int(mlp·d) neurons (REFERENCE.md §2.1; 0.7/0.6 is the "40% structured" released Base model):
+
+  | pair       | heads Tiny / Small / Base | neurons Tiny / Small / Base |
+  |------------|---------------------------|-----------------------------|
+  | (0.7, 0.7) | 2 / 4 / 8                 | 537 / 1075 / 2150           |
+  | (0.7, 0.6) | 2 / 4 / 8                 | 460 / 921 / 1843            |
+  | (0.5, 0.5) | 1 / 3 / 6                 | 384 / 768 / 1536            |
+  | (0.4, 0.4) | 1 / 2 / 4                 | 307 / 614 / 1228            |
+  | (0.4, 0.3) | 1 / 2 / 4                 | 230 / 460 / 921             |
+
+(Tiny has 3 heads and 768 neurons per block, Small 6 and 1536, Base 12 and 3072.)
+"""
+
+from sparse_vit_jax import config as config_lib
+
+PAPER_PAIRS = ((0.7, 0.7), (0.7, 0.6), (0.5, 0.5), (0.4, 0.4), (0.4, 0.3))
+
+# Global batch and ΔT (at that batch) of the official scripts, per model.
+_RECIPE = {
+    'deit_tiny': dict(batch=512, update_every=15_000),
+    'deit_small': dict(batch=512, update_every=15_000),
+    'deit_base': dict(batch=1024, update_every=7_000),
+}
+
+
+def get_config(arg: str | None = None):
+    arg = config_lib.parse_arg(
+        arg,
+        model='deit_small',
+        head_density=0.7,
+        neuron_density=0.6,
+        fidelity='reference',
+        seed=0,
+    )
+    if arg.model not in _RECIPE:
+        raise ValueError(f'config arg model={arg.model!r}; choose one of {sorted(_RECIPE)}')
+    recipe = _RECIPE[arg.model]
+    c = config_lib.base_config()
+    c.seed = arg.seed
+    c.model = config_lib.model_config(arg.model)
+    c.batch_size = recipe['batch']
+    c.data.eval_batch_size = recipe['batch'] * 3 // 2  # the official eval batch is 1.5× train
+    c.num_epochs = 600.0
+    c.optimizer.update(dict(lr=5e-4, lr_base_batch=512))
+    c.sparsity.update(
+        dict(
+            method='s2vite',
+            fidelity=arg.fidelity,
+            head_density=arg.head_density,
+            neuron_density=arg.neuron_density,
+            update_every=recipe['update_every'],
+            update_every_batch=recipe['batch'],
+            t_end=0.8,
+        )
+    )
+    return c
