@@ -10,15 +10,13 @@ head/neuron masks (dense, SViTE) are refused with a non-zero exit.
 
 import json
 import os
-import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 from absl import app, flags  # noqa: E402
 
-from sparse_vit_jax import logs  # noqa: E402
+from sparse_vit_jax import cli  # noqa: E402
 from sparse_vit_jax.export import export_slim  # noqa: E402
-from sparse_vit_jax.train.checkpoint import CheckpointError  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'S²ViTE run with checkpoints/.', required=True)
 _OUT = flags.DEFINE_string('out', None, 'New workdir for the slim checkpoint.', required=True)
@@ -29,11 +27,7 @@ _JSON = flags.DEFINE_bool('json', False, 'Print one JSON object.')
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-    logs.setup()
-    try:
-        report = export_slim(_WORKDIR.value, _OUT.value, step=_STEP.value)
-    except (ValueError, CheckpointError, OSError) as error:
-        sys.exit(f'error: {error}')
+    report = export_slim(_WORKDIR.value, _OUT.value, step=_STEP.value)
     if _JSON.value:
         print(json.dumps(report))
         return
@@ -48,4 +42,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-    app.run(main)
+    cli.run(main)
