@@ -198,7 +198,7 @@ def sparse_training(
         return SparseState(
             count=jnp.zeros((), jnp.int32),
             masks=masks,
-            ever_active=masks['weights'],
+            ever_active=jax.tree.map(jnp.copy, masks['weights']),  # own buffers (donation)
             last_update=stats,
             inner_state=inner.init(params),
         )

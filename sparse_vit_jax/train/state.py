@@ -47,5 +47,5 @@ def create_train_state(
         params=params,
         opt_state=opt_state,
         nonfinite_step=jnp.full((), -1, jnp.int32),
-        ema_params=params if ema else None,
+        ema_params=jax.tree.map(jnp.copy, params) if ema else None,  # own buffers (donation)
     )

@@ -163,7 +163,12 @@ def test_invalid_masks_are_rejected():
 def test_blocks_are_taken_in_depth_order():
     names = [f'blocks_{i}' for i in (10, 2, 0, 1, 11, 9)]
     assert block_names({name: None for name in names + ['head', 'norm']}) == [
-        'blocks_0', 'blocks_1', 'blocks_2', 'blocks_9', 'blocks_10', 'blocks_11'
+        'blocks_0',
+        'blocks_1',
+        'blocks_2',
+        'blocks_9',
+        'blocks_10',
+        'blocks_11',
     ]
 
 
