@@ -15,17 +15,28 @@ from sparse_vit_jax.train.steps import eval_step
 
 
 def make_eval_fn(model: Any, mesh: jax.sharding.Mesh):
-    """A jitted (params, masks, batch) -> summed metrics, replicated on the mesh."""
+    """A jitted (params, masks, batch, rng) -> summed metrics, replicated on the mesh."""
     return jax.jit(functools.partial(eval_step, model), out_shardings=sharding_lib.replicated(mesh))
 
 
 def evaluate(
-    eval_fn, params: Any, masks: Any, eval_input: EvalInput, mesh: jax.sharding.Mesh
+    eval_fn,
+    params: Any,
+    masks: Any,
+    eval_input: EvalInput,
+    mesh: jax.sharding.Mesh,
+    seed: int = 0,
 ) -> dict[str, float]:
-    """Runs the whole eval split; returns top1, top5, loss (means) and num_examples."""
+    """Runs the whole eval split; returns top1, top5, loss (means) and num_examples.
+
+    Batch i draws its random numbers (only the reference token selector's Gumbel noise uses any)
+    from fold_in(key(seed), i), so an evaluation is repeatable.
+    """
     totals = None
-    for batch in prefetch_to_device(eval_input.batches(), sharding_lib.batch_sharding(mesh)):
-        sums = eval_fn(params, masks, batch)
+    batches = prefetch_to_device(eval_input.batches(), sharding_lib.batch_sharding(mesh))
+    for index, batch in enumerate(batches):
+        rng = jax.random.fold_in(jax.random.key(seed), index)
+        sums = eval_fn(params, masks, batch, rng)
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     totals = jax.tree.map(lambda x: float(np.asarray(x)), totals)
     count = totals.pop('count')
@@ -56,7 +67,7 @@ def evaluate_checkpoint(
         config.data.data_dir = data_dir
     if split is not None:
         config.data.eval_split = split
-    model = create_model_from_config(config.model)
+    model = create_model_from_config(config.model, config.get('tokens'))
     _, eval_input = data_lib.make_inputs(config)
     channels = len(config.data.mean)
     shape = (config.model.image_size, config.model.image_size, channels)
@@ -65,7 +76,7 @@ def evaluate_checkpoint(
     mesh = sharding_lib.make_mesh(config.mesh)
     params = jax.device_put(params, sharding_lib.replicated(mesh))
     gates = sparsity_api.forward_masks(masks, config.sparsity.fidelity)
-    results = evaluate(make_eval_fn(model, mesh), params, gates, eval_input, mesh)
+    results = evaluate(make_eval_fn(model, mesh), params, gates, eval_input, mesh, config.seed)
     return {
         'step': meta['step'],
         'model': config.model.name,

@@ -15,6 +15,7 @@ from sparse_vit_jax import config as config_lib
 from sparse_vit_jax import data as data_lib
 from sparse_vit_jax.models import create_model_from_config
 from sparse_vit_jax.sparsity import api as sparsity_api
+from sparse_vit_jax.sparsity import schedules
 from sparse_vit_jax.train import evaluation
 from sparse_vit_jax.train import optimizer as optimizer_lib
 from sparse_vit_jax.train import sharding as sharding_lib
@@ -42,6 +43,19 @@ def _format_duration(seconds: float) -> str:
     return f'{hours}h{minutes:02d}m' if hours else f'{minutes}m{seconds:02d}s'
 
 
+def token_temperature(config: ml_collections.ConfigDict, total_steps: int):
+    """step -> Gumbel temperature of the token selector (linear, config.tokens.tau_start to
+    tau_end over the run), or None when the run selects no tokens."""
+    if not config.tokens.keep:
+        return None
+    return functools.partial(
+        schedules.gumbel_temperature,
+        total_steps=total_steps,
+        start=config.tokens.tau_start,
+        end=config.tokens.tau_end,
+    )
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains (resuming from the latest checkpoint in `workdir`) and returns the final eval metrics."""
     config_lib.validate(config)
@@ -49,7 +63,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     train_input, eval_input = data_lib.make_inputs(config)
     steps_per_epoch = train_input.steps_per_epoch
     total_steps = max(1, round(config.num_epochs * steps_per_epoch))
-    model = create_model_from_config(config.model)
+    model = create_model_from_config(config.model, config.tokens)
     shape = image_shape(config, train_input)
     init_key = jax.random.fold_in(jax.random.key(config.seed), 0x1417)
 
@@ -85,6 +99,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             sparsity_api.forward_masks, fidelity=config.sparsity.fidelity
         ),
         needs_head_scores=spec is not None and spec.structured,
+        tau=token_temperature(config, total_steps),
         ema_decay=config.ema_decay,
     )
     batch_sharding = sharding_lib.batch_sharding(mesh)
@@ -135,11 +150,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     def run_eval(state: TrainState) -> dict[str, float]:
         results = evaluation.evaluate(
-            eval_fn, state.params, step_fn.forward_masks(state.masks), eval_input, mesh
+            eval_fn, state.params, step_fn.forward_masks(state.masks), eval_input, mesh, config.seed
         )
         if state.ema_params is not None:
             ema = evaluation.evaluate(
-                eval_fn, state.ema_params, step_fn.forward_masks(state.masks), eval_input, mesh
+                eval_fn, state.ema_params, step_fn.forward_masks(state.masks), eval_input, mesh, config.seed
             )
             results.update({f'ema_{k}': v for k, v in ema.items()})
         writer.write(int(state.step), 'eval', results)
