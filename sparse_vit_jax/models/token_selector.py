@@ -164,16 +164,20 @@ def kept_patches(
     if not getattr(model, 'keep_tokens', None):
         raise ValueError('the model has no token selector (keep_tokens is not set)')
     rng = jax.random.key(0) if rng is None else rng
-    _, state = model.apply(
-        {'params': params},
-        images,
-        masks=masks,
-        train=False,
-        rngs={'gumbel': rng},
-        mutable=[SELECTION],
-    )
-    indices = state[SELECTION]['token_selector'][KEPT][0]
-    batch = indices.shape[0]
-    kept = jnp.zeros((batch, 1 + model.num_patches), bool)
-    kept = kept.at[jnp.arange(batch)[:, None], indices].set(True)
-    return kept[:, 1:]
+
+    @jax.jit  # one compiled forward instead of op-by-op dispatch
+    def kept(params, images, masks, rng):
+        _, state = model.apply(
+            {'params': params},
+            images,
+            masks=masks,
+            train=False,
+            rngs={'gumbel': rng},
+            mutable=[SELECTION],
+        )
+        indices = state[SELECTION]['token_selector'][KEPT][0]
+        batch = indices.shape[0]
+        selected = jnp.zeros((batch, 1 + model.num_patches), bool)
+        return selected.at[jnp.arange(batch)[:, None], indices].set(True)[:, 1:]
+
+    return kept(params, images, masks, rng)
