@@ -1,6 +1,7 @@
 """FLOPs: the paper's convention (REFERENCE.md §5) against its published points, monotone savings,
 XLA's count of the compiled forward, and tools/flops.py."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -10,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sparse_vit_jax import config as config_lib
 from sparse_vit_jax import flops
 from sparse_vit_jax.models import model_kwargs
 
@@ -152,10 +154,9 @@ def test_flops_tool_prints_the_json_fields():
 
 
 def test_sviteplus_config_reaches_the_report():
-    sys.path.insert(0, os.path.join(REPO, 'configs'))
-    import sviteplus
-
-    from sparse_vit_jax import config as config_lib
+    spec = importlib.util.spec_from_file_location('sviteplus', f'{REPO}/configs/sviteplus.py')
+    sviteplus = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sviteplus)
 
     for arg, keep in (('keep_tokens=138', 138), ('method=s2viteplus,keep_tokens=99', 99)):
         config = sviteplus.get_config(arg)

@@ -24,7 +24,10 @@ Where we differ, and why:
   (forward value 1) mask entries, so the straight-through gradient reaches the scorer. 'zero' mode
   is the reference: the sequence keeps its length and unselected tokens become zero vectors, which
   after LayerNorm still act as keys and values; hence for k < N the two modes give different
-  outputs (the selection itself is identical).
+  outputs (the selection itself is identical). The gradients differ too: in 'zero' mode a dropped
+  token's mask entry (value 0) still carries ∂L/∂m_i · ∂soft_i, the signal that including it
+  would help; 'drop' mode cannot compute ∂L/∂m_i for tokens it no longer carries, so only the
+  kept tokens' entries reach the scorer (the softmax still couples every score).
 * **Evaluation.** ``eval_mode='topk'`` (improved) takes the deterministic top-k of the scores;
   ``'gumbel'`` (reference) draws fresh Gumbel noise at tau = 1.
 

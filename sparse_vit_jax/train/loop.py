@@ -149,12 +149,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             )
 
     def run_eval(state: TrainState) -> dict[str, float]:
-        results = evaluation.evaluate(
-            eval_fn, state.params, step_fn.forward_masks(state.masks), eval_input, mesh, config.seed
-        )
+        gates = step_fn.forward_masks(state.masks)
+        results = evaluation.evaluate(eval_fn, state.params, gates, eval_input, mesh, config.seed)
         if state.ema_params is not None:
             ema = evaluation.evaluate(
-                eval_fn, state.ema_params, step_fn.forward_masks(state.masks), eval_input, mesh, config.seed
+                eval_fn, state.ema_params, gates, eval_input, mesh, config.seed
             )
             results.update({f'ema_{k}': v for k, v in ema.items()})
         writer.write(int(state.step), 'eval', results)

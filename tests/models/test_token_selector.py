@@ -11,13 +11,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sparse_vit_jax.models import create_model
+from sparse_vit_jax import config as config_lib
+from sparse_vit_jax.models import create_model, create_model_from_config
 from sparse_vit_jax.models import token_selector as ts
 from sparse_vit_jax.sparsity import masks as masks_lib
 from sparse_vit_jax.train import evaluation, loop
 
 TOKENS = 17  # vit_test: 16 patches of 4x4 and the class token
-_VISUALIZE = pathlib.Path(__file__).resolve().parents[2] / 'tools' / 'visualize.py'
+_REPO = pathlib.Path(__file__).resolve().parents[2]
+_VISUALIZE, _CONFIGS = _REPO / 'tools' / 'visualize.py', _REPO / 'configs'
 
 
 def _tokens_where_cls_scores_lowest(batch=3, tokens=TOKENS, dim=8, seed=0):
@@ -308,10 +310,24 @@ def test_bad_keep_counts_are_rejected():
 
 
 def _load_tool(path):
+    """A tool or config file as a module (neither directory is a package)."""
     spec = importlib.util.spec_from_file_location(path.stem, path)
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     return tool
+
+
+def test_fashion_config_builds_the_selector_and_the_tau_schedule():
+    fashion_mnist = _load_tool(_CONFIGS / 'fashion_mnist.py')
+    config = fashion_mnist.get_config('method=s2viteplus,keep_tokens=15')
+    config_lib.validate(config)
+    model = create_model_from_config(config.model, config.tokens)
+    assert (model.keep_tokens, model.token_mode, model.token_eval) == (15, 'drop', 'topk')
+    tau = loop.token_temperature(config, total_steps=100)
+    assert float(tau(0)) == pytest.approx(10.0) and float(tau(100)) == pytest.approx(0.1)
+    dense = fashion_mnist.get_config('method=svite,keep_tokens=15')
+    assert dense.tokens.keep == 0 and loop.token_temperature(dense, 100) is None
+    assert create_model_from_config(dense.model, dense.tokens).keep_tokens is None
 
 
 @pytest.mark.parametrize('method', ['sviteplus', 's2viteplus'])
