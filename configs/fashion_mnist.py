@@ -3,10 +3,16 @@
     python tools/train.py --config configs/fashion_mnist.py --workdir runs/fashion
     python tools/train.py --config configs/fashion_mnist.py:method=svite,density=0.5 --workdir runs/svite
 
+    python tools/train.py --config configs/fashion_mnist.py:method=sviteplus,keep_tokens=15 \
+        --workdir runs/sviteplus
+
 Args:
-  method: dense | svite | s2vite (and sviteplus | s2viteplus with keep_tokens).
+  method: dense | svite | s2vite | sviteplus (SViTE + tokens) | s2viteplus (S²ViTE + tokens).
   density: SViTE weight density over the prunable weights.
   head_density, neuron_density: S²ViTE kept fractions of heads and MLP neurons per block.
+  keep_tokens: SViTE+ tokens kept of the 17 (16 patches + cls), cls included; used by the '+'
+    methods only. The selector's mode, eval mode and temperature are base_config's
+    (config.tokens: drop, top-k eval, tau 10 -> 0.1), overridable with --config.tokens.*.
   fidelity: reference (the official code's decisions) | improved (see README).
   epochs, batch, seed.
 """
@@ -21,6 +27,7 @@ def get_config(arg: str | None = None):
         density=0.5,
         head_density=0.5,
         neuron_density=0.5,
+        keep_tokens=15,
         fidelity='reference',
         epochs=15.0,
         batch=128,
@@ -63,6 +70,7 @@ def get_config(arg: str | None = None):
             update_every_batch=128,
         )
     )
+    c.tokens.keep = arg.keep_tokens if arg.method in ('sviteplus', 's2viteplus') else 0
     c.log_every_steps = 100
     c.eval_every_epochs = 5.0
     c.checkpoint_every_steps = 2000

@@ -7,7 +7,10 @@ Our params follow timm's module tree (DESIGN.md, 'Data that flows'), so a name m
 The fused qkv needs no reordering: both sides lay its outputs out as [q | k | v] × heads × hd.
 
 SViTE+ checkpoints name their token scorer ``gumbel`` (a Linear(D, 1)); it maps to
-``token_selector/scorer/{kernel, bias}`` (``TOKEN_SELECTOR``) when the target model has one.
+``token_selector/scorer/{kernel, bias}`` (``TOKEN_SELECTOR``) when the target model has one, and
+the layer-wise scorers of the ``*_data`` models, ``blocks.{i}.attn.gumbel``, to
+``blocks_{i}/attn/token_selector/scorer`` (a model built with ``keep_tokens`` and
+``layerwise_tokens``; the keep count is not in the state dict, so it must be given).
 
 Checking is done against the params the model initializes (``jax.eval_shape``, nothing is
 computed), and every problem (missing keys, unexpected keys, wrong shapes) is reported in one
@@ -64,9 +67,9 @@ _MAX_LISTED = 20
 def timm_name(path: Path) -> tuple[str, str]:
     """The timm name of the Flax param at `path`, and its layout kind ('kernel' or 'same')."""
     *modules, leaf = path
-    if tuple(modules) == TOKEN_SELECTOR:
-        modules = ['gumbel']
-    elif modules == ['patch_embed']:
+    if tuple(modules[-2:]) == TOKEN_SELECTOR:  # input-level, or layer-wise in blocks_{i}/attn
+        modules = [*modules[:-2], 'gumbel']
+    if modules == ['patch_embed']:
         modules = ['patch_embed', 'proj']
     elif modules and re.fullmatch(r'blocks_\d+', modules[0]):
         modules = ['blocks', modules[0].split('_')[1], *modules[1:]]

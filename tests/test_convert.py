@@ -241,7 +241,26 @@ def test_sviteplus_selector_maps_to_token_selector_when_the_model_has_one():
     np.testing.assert_array_equal(convert.to_timm(params)['gumbel.weight'], state['gumbel.weight'])
 
     with pytest.raises(ValueError, match=r'gumbel\.weight .*SViTE\+ token selector'):
-        convert.from_timm(state)  # our models have no token selector yet
+        convert.from_timm(state)  # the inferred model has none: k is not in the state dict
+
+
+def test_layerwise_selectors_map_to_every_blocks_token_selector():
+    """SViTE's *_data models: blocks.{i}.attn.gumbel <-> blocks_{i}/attn/token_selector/scorer."""
+    dim = SMALL_SIZES['dim']
+    state = random_state_dict(timm_layout(**SMALL_SIZES))
+    state['gumbel.weight'] = np.arange(dim, dtype=np.float32)[None]
+    state['gumbel.bias'] = np.ones(1, np.float32)
+    for i in range(SMALL_SIZES['depth']):
+        state[f'blocks.{i}.attn.gumbel.weight'] = np.full((1, dim), i + 2.0, np.float32)
+        state[f'blocks.{i}.attn.gumbel.bias'] = np.full((1,), -i, np.float32)
+    model = create_model('vit_test', keep_tokens=9, layerwise_tokens=True, **SMALL)
+    params = convert.from_timm(state, model)
+    kernel = params['blocks_1']['attn']['token_selector']['scorer']['kernel']
+    np.testing.assert_array_equal(kernel, np.full((dim, 1), 3.0, np.float32))
+    exported = convert.to_timm(params)
+    assert set(exported) == set(state)
+    for name, value in state.items():
+        np.testing.assert_array_equal(exported[name], value)
 
 
 # ----------------------------------------------------------------------------- bad inputs

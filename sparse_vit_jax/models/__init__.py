@@ -67,9 +67,28 @@ def create_model(name: str, **overrides: Any) -> VisionTransformer:
     return VisionTransformer(**model_kwargs(name, **overrides))
 
 
-def create_model_from_config(model_config: Mapping[str, Any]) -> VisionTransformer:
-    """The model a config's `model` section describes (name, constructor fields, dtype name)."""
-    kwargs = dict(model_config)
+def token_overrides(tokens_config: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The model fields a config's `tokens` section sets: none unless `keep` > 0 (SViTE+ on).
+
+    `config.tokens` is the one place a run configures token selection (the temperature schedule
+    lives there too); `config.model` never carries these fields.
+    """
+    if not tokens_config or not tokens_config.get('keep'):
+        return {}
+    return dict(
+        keep_tokens=int(tokens_config['keep']),
+        token_mode=tokens_config['mode'],
+        token_eval=tokens_config['eval_mode'],
+        layerwise_tokens=bool(tokens_config['layerwise']),
+    )
+
+
+def create_model_from_config(
+    model_config: Mapping[str, Any], tokens_config: Mapping[str, Any] | None = None
+) -> VisionTransformer:
+    """The model a config's `model` section describes (name, constructor fields, dtype name),
+    with the token selector its `tokens` section asks for (see `token_overrides`)."""
+    kwargs = dict(model_config, **token_overrides(tokens_config))
     name = kwargs.pop('name')
     kwargs['dtype'] = jnp.dtype(kwargs.get('dtype', 'float32'))
     for field in ('num_heads', 'mlp_dim'):  # JSON turns per-layer tuples into lists
@@ -85,4 +104,5 @@ __all__ = [
     'VisionTransformer',
     'create_model',
     'model_kwargs',
+    'token_overrides',
 ]

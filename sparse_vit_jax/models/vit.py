@@ -14,6 +14,11 @@ qkv columns {q, k, v}·[h·hd, (h+1)·hd) and neuron j owns fc1 column j and fc2
 Masks are never Flax variables: ``__call__`` takes the masks pytree explicitly. Weight masks are
 not applied here (pruned weights are exactly 0 in params, so ``jax.grad`` stays dense, as growth
 needs); head and neuron masks, when given, gate the unit outputs so pruned units are silent.
+
+SViTE+ (``keep_tokens``): a ``token_selector`` (see ``token_selector.py``) after the position
+embedding keeps ``keep_tokens`` tokens, cls included; with ``layerwise_tokens`` every block's
+attention also has one (``blocks_{i}/attn/token_selector``) masking its LayerNorm'd qkv input, as
+the official ``*_data`` models. Its random stream is 'gumbel'; ``tau`` is its temperature.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from typing import Any, Callable, Mapping, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from sparse_vit_jax.models.token_selector import TokenSelector, scaled_keep
 
 Initializer = Callable[..., jax.Array]
 
@@ -89,16 +96,39 @@ class DropPath(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention with timm's fused qkv and an optional per-head gate."""
+    """Multi-head self-attention with timm's fused qkv and an optional per-head gate.
+
+    token_keep > 0 adds the layer-wise token selector of the official `*_data` models: it zeroes
+    all but `token_keep` tokens of the qkv input only (the residual stream keeps every token, so
+    this selector always masks, whatever the input-level mode), with its own Gumbel noise.
+    """
 
     num_heads: int
     head_dim: int
     out_dim: int
     kernel_init: Initializer
     dtype: Any = jnp.float32
+    token_keep: int = 0
+    token_eval: str = 'topk'
 
     @nn.compact
-    def __call__(self, x: jax.Array, head_mask: jax.Array | None = None) -> jax.Array:
+    def __call__(
+        self,
+        x: jax.Array,
+        head_mask: jax.Array | None = None,
+        *,
+        train: bool = False,
+        tau: float | jax.Array = 1.0,
+    ) -> jax.Array:
+        if self.token_keep:
+            x = TokenSelector(
+                self.token_keep,
+                'zero',
+                self.token_eval,
+                self.kernel_init,
+                self.dtype,
+                name='token_selector',
+            )(x, train=train, tau=tau)
         batch, tokens, _ = x.shape
         inner = self.num_heads * self.head_dim
         dense = lambda features, name: nn.Dense(
@@ -142,16 +172,25 @@ class Block(nn.Module):
     drop_path: float
     kernel_init: Initializer
     dtype: Any = jnp.float32
+    token_keep: int = 0  # layer-wise token selection (see Attention)
+    token_eval: str = 'topk'
 
     @nn.compact
-    def __call__(self, x, *, head_mask=None, neuron_mask=None, train=False):
+    def __call__(self, x, *, head_mask=None, neuron_mask=None, train=False, tau=1.0):
         dim = x.shape[-1]
         norm = lambda name: layer_norm(name, self.dtype)
         drop_path = DropPath(self.drop_path)
         attn = Attention(
-            self.num_heads, self.head_dim, dim, self.kernel_init, self.dtype, name='attn'
+            self.num_heads,
+            self.head_dim,
+            dim,
+            self.kernel_init,
+            self.dtype,
+            self.token_keep,
+            self.token_eval,
+            name='attn',
         )
-        x = x + drop_path(attn(norm('norm1')(x), head_mask), train)
+        x = x + drop_path(attn(norm('norm1')(x), head_mask, train=train, tau=tau), train)
         mlp = Mlp(self.mlp_dim, dim, self.kernel_init, self.dtype, name='mlp')
         return x + drop_path(mlp(norm('norm2')(x), neuron_mask), train)
 
@@ -164,6 +203,11 @@ class VisionTransformer(nn.Module):
       head_dim: width of one head; defaults to embed_dim // max(num_heads).
       mlp_dim: hidden width per block (int or one int per block).
       dtype: compute dtype (bfloat16 on TPU/GPU); params are always float32.
+      keep_tokens: SViTE+ token selection: tokens kept, cls included (None or 0: off).
+      token_mode: 'drop' (gather the kept tokens) or 'zero' (reference: zero the others).
+      token_eval: 'topk' (deterministic) or 'gumbel' (reference: fresh noise at tau = 1).
+      layerwise_tokens: also a selector in every block (official `*_data` models); each keeps
+        the input-level fraction keep_tokens / (1 + num_patches) of the tokens it sees.
     """
 
     num_classes: int = 1000
@@ -177,6 +221,10 @@ class VisionTransformer(nn.Module):
     drop_path_rate: float = 0.0
     init_scheme: str = 'timm'
     dtype: Any = jnp.float32
+    keep_tokens: int | None = None
+    token_mode: str = 'drop'
+    token_eval: str = 'topk'
+    layerwise_tokens: bool = False
 
     @property
     def num_patches(self) -> int:
@@ -196,9 +244,14 @@ class VisionTransformer(nn.Module):
 
     @nn.compact
     def __call__(
-        self, images: jax.Array, masks: Mapping[str, Any] | None = None, train: bool = False
+        self,
+        images: jax.Array,
+        masks: Mapping[str, Any] | None = None,
+        train: bool = False,
+        tau: float | jax.Array = 1.0,
     ) -> jax.Array:
-        """images: (B, H, W, C) normalized float; masks: {'weights', 'heads', 'neurons'} or None.
+        """images: (B, H, W, C) normalized float; masks: {'weights', 'heads', 'neurons'} or None;
+        tau: the token selector's Gumbel temperature (training only).
 
         Returns logits (B, num_classes) in float32.
         """
@@ -231,6 +284,21 @@ class VisionTransformer(nn.Module):
             [jnp.broadcast_to(cls, (batch, 1, self.embed_dim)).astype(x.dtype), x], 1
         )
         x = x + pos.astype(x.dtype)
+        tokens = x.shape[1]
+        if self.layerwise_tokens and not self.keep_tokens:
+            raise ValueError('layerwise_tokens needs keep_tokens (the input-level selector)')
+        if self.keep_tokens:
+            x = TokenSelector(
+                self.keep_tokens,
+                self.token_mode,
+                self.token_eval,
+                inits['dense'],
+                self.dtype,
+                name='token_selector',
+            )(x, train=train, tau=tau)
+        block_keep = 0
+        if self.layerwise_tokens:
+            block_keep = scaled_keep(self.keep_tokens, tokens, x.shape[1])
 
         rates = [self.drop_path_rate * i / max(self.depth - 1, 1) for i in range(self.depth)]
         for i, (heads, hidden) in enumerate(zip(self.heads_per_layer, self.mlp_per_layer)):
@@ -241,12 +309,15 @@ class VisionTransformer(nn.Module):
                 rates[i],
                 inits['dense'],
                 self.dtype,
+                block_keep,
+                self.token_eval,
                 name=f'blocks_{i}',
             )(
                 x,
                 head_mask=None if head_masks is None else head_masks[i],
                 neuron_mask=None if neuron_masks is None else neuron_masks[i],
                 train=train,
+                tau=tau,
             )
         x = layer_norm('norm', self.dtype)(x)
         logits = nn.Dense(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any
 
@@ -15,21 +16,78 @@ from sparse_vit_jax.train.steps import eval_step
 
 
 def make_eval_fn(model: Any, mesh: jax.sharding.Mesh):
-    """A jitted (params, masks, batch) -> summed metrics, replicated on the mesh."""
+    """A jitted (params, masks, batch, rng) -> summed metrics, replicated on the mesh."""
     return jax.jit(functools.partial(eval_step, model), out_shardings=sharding_lib.replicated(mesh))
 
 
 def evaluate(
-    eval_fn, params: Any, masks: Any, eval_input: EvalInput, mesh: jax.sharding.Mesh
+    eval_fn,
+    params: Any,
+    masks: Any,
+    eval_input: EvalInput,
+    mesh: jax.sharding.Mesh,
+    seed: int = 0,
 ) -> dict[str, float]:
-    """Runs the whole eval split; returns top1, top5, loss (means) and num_examples."""
+    """Runs the whole eval split; returns top1, top5, loss (means) and num_examples.
+
+    Batch i draws its random numbers (only the reference token selector's Gumbel noise uses any)
+    from fold_in(key(seed), i), so an evaluation is repeatable.
+    """
     totals = None
-    for batch in prefetch_to_device(eval_input.batches(), sharding_lib.batch_sharding(mesh)):
-        sums = eval_fn(params, masks, batch)
+    batches = prefetch_to_device(eval_input.batches(), sharding_lib.batch_sharding(mesh))
+    for index, batch in enumerate(batches):
+        rng = jax.random.fold_in(jax.random.key(seed), index)
+        sums = eval_fn(params, masks, batch, rng)
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     totals = jax.tree.map(lambda x: float(np.asarray(x)), totals)
     count = totals.pop('count')
     return {**{k: v / count for k, v in totals.items()}, 'num_examples': int(count)}
+
+
+@dataclasses.dataclass(frozen=True)
+class RestoredModel:
+    """A checkpoint's model without its optimizer state: what evaluation and plots need."""
+
+    config: Any  # the run's config (ml_collections.ConfigDict), with any data overrides
+    model: Any
+    params: Any
+    masks: dict | None
+    step: int
+
+    @property
+    def forward_masks(self) -> Any:
+        """The masks the forward pass takes (head/neuron gates in improved structured mode)."""
+        from sparse_vit_jax.sparsity import api as sparsity_api
+
+        return sparsity_api.forward_masks(self.masks, self.config.sparsity.fidelity)
+
+
+def restore_model(
+    workdir: str, *, step: int | None = None, data_dir: str | None = None, split: str | None = None
+) -> RestoredModel:
+    """The model, params and masks of a workdir's latest (or given) checkpoint, params on host.
+
+    data_dir and split override the config's eval data (for `make_inputs` on the result).
+    """
+    import ml_collections
+
+    from sparse_vit_jax.models import create_model_from_config
+    from sparse_vit_jax.train.checkpoint import Checkpointer
+    from sparse_vit_jax.train.state import init_params
+
+    checkpointer = Checkpointer(workdir, create=False)
+    meta = checkpointer.meta(step)
+    config = ml_collections.ConfigDict(meta['config'])
+    if data_dir is not None:
+        config.data.data_dir = data_dir
+    if split is not None:
+        config.data.eval_split = split
+    model = create_model_from_config(config.model, config.get('tokens'))
+    channels = len(config.data.mean)
+    shape = (config.model.image_size, config.model.image_size, channels)
+    params_shape = jax.eval_shape(lambda: init_params(model, jax.random.key(0), shape))
+    params, masks = checkpointer.restore_model(params_shape, step=meta['step'])
+    return RestoredModel(config, model, params, masks, meta['step'])
 
 
 def evaluate_checkpoint(
@@ -40,37 +98,21 @@ def evaluate_checkpoint(
     Returns the eval metrics, the parameter counts and per-layer densities, and
     `params_fingerprint` (SHA-256 over params and masks).
     """
-    import ml_collections
-
     from sparse_vit_jax import data as data_lib
-    from sparse_vit_jax.models import create_model_from_config
-    from sparse_vit_jax.sparsity import api as sparsity_api
-    from sparse_vit_jax.train.checkpoint import Checkpointer
     from sparse_vit_jax.train.report import describe, params_fingerprint
-    from sparse_vit_jax.train.state import init_params
 
-    checkpointer = Checkpointer(workdir, create=False)
-    meta = checkpointer.meta(step)
-    config = ml_collections.ConfigDict(meta['config'])
-    if data_dir is not None:
-        config.data.data_dir = data_dir
-    if split is not None:
-        config.data.eval_split = split
-    model = create_model_from_config(config.model)
+    restored = restore_model(workdir, step=step, data_dir=data_dir, split=split)
+    config = restored.config
     _, eval_input = data_lib.make_inputs(config)
-    channels = len(config.data.mean)
-    shape = (config.model.image_size, config.model.image_size, channels)
-    params_shape = jax.eval_shape(lambda: init_params(model, jax.random.key(0), shape))
-    params, masks = checkpointer.restore_model(params_shape, step=meta['step'])
     mesh = sharding_lib.make_mesh(config.mesh)
-    params = jax.device_put(params, sharding_lib.replicated(mesh))
-    gates = sparsity_api.forward_masks(masks, config.sparsity.fidelity)
-    results = evaluate(make_eval_fn(model, mesh), params, gates, eval_input, mesh)
+    params = jax.device_put(restored.params, sharding_lib.replicated(mesh))
+    eval_fn = make_eval_fn(restored.model, mesh)
+    results = evaluate(eval_fn, params, restored.forward_masks, eval_input, mesh, config.seed)
     return {
-        'step': meta['step'],
+        'step': restored.step,
         'model': config.model.name,
         'method': config.sparsity.method,
         **results,
-        **describe(params, masks),
-        'params_fingerprint': params_fingerprint(params, masks),
+        **describe(params, restored.masks),
+        'params_fingerprint': params_fingerprint(params, restored.masks),
     }

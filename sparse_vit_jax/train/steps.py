@@ -150,10 +150,18 @@ class TrainStep:
 
 
 def eval_step(
-    model: Any, params: Any, masks: Any, batch: dict[str, jax.Array]
+    model: Any,
+    params: Any,
+    masks: Any,
+    batch: dict[str, jax.Array],
+    rng: jax.Array | None = None,
 ) -> dict[str, jax.Array]:
-    """Sums over the real (unpadded) examples of a batch: count, loss, top-1 and top-5 hits."""
-    logits = model.apply({'params': params}, batch['image'], masks=masks, train=False)
+    """Sums over the real (unpadded) examples of a batch: count, loss, top-1 and top-5 hits.
+
+    `rng` feeds the 'gumbel' stream: the reference token selector draws fresh noise at eval.
+    """
+    rngs = {} if rng is None else {'gumbel': rng}
+    logits = model.apply({'params': params}, batch['image'], masks=masks, train=False, rngs=rngs)
     weight = batch['mask'].astype(jnp.float32)
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label'])
     top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]

@@ -1,0 +1,52 @@
+"""FLOPs of a config's model in the paper's convention (REFERENCE.md §5) and as XLA counts them.
+
+  python tools/flops.py --config configs/sviteplus.py:model=deit_small,keep_tokens=187 [--json]
+
+--json prints {"gmacs", "dense_gmacs", "saving", "xla_gflops", "xla_dense_gflops", ...}: MACs per
+image (paper), its saving against the dense model, and XLA's FLOPs per image of the compiled
+forward (see sparse_vit_jax/flops.py for what each counts).
+"""
+
+import json
+import os
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from sparse_vit_jax import config as config_lib  # noqa: E402
+from sparse_vit_jax import flops  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Config file (path[:args]).', lock_config=True
+)
+_JSON = flags.DEFINE_bool('json', False, 'Print one JSON object.')
+_XLA = flags.DEFINE_bool('xla', True, "Also compile the forward for XLA's count (seconds).")
+flags.mark_flags_as_required(['config'])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+    config = _CONFIG.value
+    config_lib.validate(config)
+    result = flops.report_from_config(config, xla=_XLA.value)
+    if _JSON.value:
+        print(json.dumps(result))
+        return
+    print(
+        f"{config.model.name} ({config.sparsity.method}): {result['gmacs']:.3f} GMACs per image "
+        f"(dense {result['dense_gmacs']:.3f}, saving {result['saving']:.2%})"
+    )
+    if 'slim_gmacs' in result:
+        print(f"  slim model (proj shrunk too): {result['slim_gmacs']:.3f} GMACs")
+    if 'xla_gflops' in result:
+        print(
+            f"  XLA: {result['xla_gflops']:.3f} GFLOPs per image "
+            f"(dense {result['xla_dense_gflops']:.3f})"
+        )
+
+
+if __name__ == '__main__':
+    app.run(main)
