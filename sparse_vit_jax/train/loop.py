@@ -26,6 +26,7 @@ from sparse_vit_jax.data import mixup
 from sparse_vit_jax.errors import CheckpointError, NonFiniteError
 from sparse_vit_jax.models import create_model_from_config
 from sparse_vit_jax.sparsity import api as sparsity_api
+from sparse_vit_jax.sparsity import schedules
 from sparse_vit_jax.train import evaluation
 from sparse_vit_jax.train import optimizer as optimizer_lib
 from sparse_vit_jax.train import sharding as sharding_lib
@@ -60,6 +61,19 @@ def image_shape(config: ml_collections.ConfigDict, train_input: data_lib.TrainIn
     return (config.model.image_size, config.model.image_size, channels)
 
 
+def token_temperature(config: ml_collections.ConfigDict, total_steps: int):
+    """step -> Gumbel temperature of the token selector (linear, config.tokens.tau_start to
+    tau_end over the run), or None when the run selects no tokens."""
+    if not config.tokens.keep:
+        return None
+    return functools.partial(
+        schedules.gumbel_temperature,
+        total_steps=total_steps,
+        start=config.tokens.tau_start,
+        end=config.tokens.tau_end,
+    )
+
+
 def check_writable(workdir: str) -> None:
     """Fails early, before any work, when checkpoints could not be written."""
     try:
@@ -89,7 +103,7 @@ class Trainer:
         self.train_input, self.eval_input = data_lib.make_inputs(config)
         self.steps_per_epoch = self.train_input.steps_per_epoch
         self.total_steps = max(1, round(config.num_epochs * self.steps_per_epoch))
-        self.model = create_model_from_config(config.model)
+        self.model = create_model_from_config(config.model, config.tokens)
         shape = image_shape(config, self.train_input)
         key = jax.random.fold_in(jax.random.key(config.seed), 0x1417)
         params_shape = jax.eval_shape(lambda: init_params(self.model, key, shape))
@@ -118,6 +132,7 @@ class Trainer:
             ),
             needs_head_scores=spec is not None and spec.structured,
             mix=mixup_fn(config),
+            tau=token_temperature(config, self.total_steps),
             ema_decay=config.ema_decay,
         )
         self.batch_sharding = sharding_lib.batch_sharding(self.mesh)
@@ -177,11 +192,17 @@ class Trainer:
     def evaluate(self, state: TrainState) -> dict[str, float]:
         self.check_finite(state)
         gates = self.step_fn.forward_masks(state.masks)
-        results = evaluation.evaluate(self.eval_fn, state.params, gates, self.eval_input, self.mesh)
+        evaluate = functools.partial(
+            evaluation.evaluate,
+            self.eval_fn,
+            masks=gates,
+            eval_input=self.eval_input,
+            mesh=self.mesh,
+            seed=self.config.seed,
+        )
+        results = evaluate(state.params)
         if state.ema_params is not None:
-            ema = evaluation.evaluate(
-                self.eval_fn, state.ema_params, gates, self.eval_input, self.mesh
-            )
+            ema = evaluate(state.ema_params)
             results.update({f'ema_{k}': v for k, v in ema.items()})
         self.writer.write(int(state.step), 'eval', results)
         logger.info(
