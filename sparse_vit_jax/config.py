@@ -77,6 +77,7 @@ def base_config() -> ml_collections.ConfigDict:
             recipe='deit',
             shuffle_buffer=25_000,
             repeats=3,
+            cache=False,
             eval_batch_size=768,
             mean=(0.485, 0.456, 0.406),
             std=(0.229, 0.224, 0.225),

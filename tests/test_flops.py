@@ -165,9 +165,11 @@ def test_sviteplus_config_reaches_the_report():
         assert report['keep_tokens'] == keep
         if 's2vite' in arg:
             assert (report['head_density'], report['neuron_density']) == (0.7, 0.6)
-            assert report['gmacs'] == flops.paper_macs(
-                SMALL, head_density=0.7, neuron_density=0.6, keep_tokens=99
-            ) / 1e9
+            assert (
+                report['gmacs']
+                == flops.paper_macs(SMALL, head_density=0.7, neuron_density=0.6, keep_tokens=99)
+                / 1e9
+            )
         else:
             assert report['density'] == 0.5
     config = sviteplus.get_config('tau=paper,fidelity=improved')

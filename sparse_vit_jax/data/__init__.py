@@ -77,6 +77,7 @@ def make_inputs(config: Any) -> tuple[TrainInput, EvalInput]:
         config.seed,
         shuffle_buffer=data.shuffle_buffer,
         repeats=data.repeats,
+        cache=data.cache,
         **common,
     )
     evaluation = EvalInput(builder, data.eval_split, recipe.eval, data.eval_batch_size, **common)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import math
 import os
 from typing import Any, Callable, Iterator, Mapping
@@ -80,11 +81,10 @@ def _options() -> tf.data.Options:
     return options
 
 
-def _epoch_seed(seed: int, epoch: int) -> int:
-    """A 31-bit seed for one epoch of one process (tf.data seeds are int64; keep them small)."""
-    return int(
-        np.random.SeedSequence([seed, epoch, jax.process_index()]).generate_state(1)[0] & 0x7FFFFFFF
-    )
+def _process_seed(seed: int, *purpose: int) -> int:
+    """A 31-bit seed for this process and `purpose` (tf.data seeds are int64; keep them small)."""
+    entropy = [seed, jax.process_index(), *purpose]
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0] & 0x7FFFFFFF)
 
 
 def drop_invalid(
@@ -115,6 +115,9 @@ class TrainInput:
     seed: int
     shuffle_buffer: int = 10_000
     repeats: int = 1  # repeated augmentation (DeiT's RASampler uses 3)
+    # Hold the decoded split in host memory (small datasets only): epochs are then stateless
+    # permutations instead of re-reading, re-decoding and refilling a shuffle buffer.
+    cache: bool = False
     decoders: Mapping[str, Any] | None = None
     is_valid: Callable[[Features], tf.Tensor] | None = None  # e.g. the JPEG structure check
     # How many examples `is_valid` dropped (a running total over epochs; not fatal).
@@ -137,41 +140,87 @@ class TrainInput:
             )
         return steps
 
-    def epoch(self, epoch: int, skip_batches: int = 0) -> tf.data.Dataset:
-        """One epoch of local batches, starting `skip_batches` into it."""
-        share, examples = process_split(self.builder, self.split)
-        seed = _epoch_seed(self.seed, epoch)
+    def _examples(self, seed: int) -> tf.data.Dataset:
+        """This process's valid examples, files in an order seeded by `seed` (fixed if cached)."""
+        share, _ = process_split(self.builder, self.split)
         ds = self.builder.as_dataset(
             split=share,
-            shuffle_files=True,
+            shuffle_files=not self.cache,
             decoders=self.decoders,
             read_config=tfds.ReadConfig(shuffle_seed=seed, try_autocache=False),
         )
         if self.is_valid is not None:
             ds = drop_invalid(ds, self.is_valid, self.skipped)
-        ds = ds.shuffle(self.shuffle_buffer, seed=seed, reshuffle_each_iteration=False)
+        return ds
+
+    @functools.cached_property
+    def _in_memory(self) -> dict[str, tf.Tensor]:
+        """Every valid example of this process's share, decoded, as stacked tensors."""
+        chunks = list(tfds.as_numpy(self._examples(seed=0).batch(8192)))
+        return {key: tf.constant(np.concatenate([c[key] for c in chunks])) for key in chunks[0]}
+
+    def _epoch_batches(self, ds: tf.data.Dataset, seed: tf.Tensor, skip_batches) -> tf.data.Dataset:
+        """One epoch of shuffled examples -> local batches, `skip_batches` in (the shared tail).
+
+        Example i of the epoch is augmented with the stateless seed (seed, i).
+        """
         if self.repeats > 1:
             # Every image appears `repeats` times in a row (in the same global batch, as the DeiT
             # sampler spreads copies over the ranks of one step) and the epoch keeps its length.
+            _, examples = process_split(self.builder, self.split)
             ds = ds.flat_map(lambda x: tf.data.Dataset.from_tensors(x).repeat(self.repeats))
             ds = ds.take(examples)
-        ds = ds.enumerate().skip(skip_batches * self.local_batch)
+        ds = ds.enumerate().skip(tf.cast(skip_batches, tf.int64) * self.local_batch)
         preprocess = self.preprocess
 
         def example(index, features):
-            out = preprocess(features, tf.stack([tf.constant(seed, tf.int64), index]))
+            out = preprocess(features, tf.stack([seed, index]))
             return {'image': out['image'], 'label': tf.cast(out['label'], tf.int32)}
 
         ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        ds = ds.batch(self.local_batch, drop_remainder=True)
+        return ds.batch(self.local_batch, drop_remainder=True)
+
+    def _tfds_epoch(self, epoch: int, skip_batches: int) -> tf.data.Dataset:
+        """An epoch read from the TFDS files: seeded file order and shuffle buffer."""
+        seed = _process_seed(self.seed, 0, epoch)
+        ds = self._examples(seed).shuffle(
+            self.shuffle_buffer, seed=seed, reshuffle_each_iteration=False
+        )
+        ds = self._epoch_batches(ds, tf.constant(seed, tf.int64), skip_batches)
+        return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
+
+    def _in_memory_stream(self, start_epoch: int, skip_batches: int) -> tf.data.Dataset:
+        """All epochs from `start_epoch` as ONE pipeline over the in-memory split.
+
+        Each epoch is a stateless whole-split permutation keyed by (seed, process, epoch). One
+        pipeline for the run matters: building a new tf.data pipeline per epoch while training
+        stalls the run for seconds on a busy CPU.
+        """
+        arrays = self._in_memory
+        count = int(next(iter(arrays.values())).shape[0])
+        base = _process_seed(self.seed, 1)
+
+        def epoch(e):
+            seed = tf.random.stateless_uniform(
+                [], tf.stack([tf.constant(base, tf.int64), e]), maxval=2**31 - 1, dtype=tf.int64
+            )
+            order = tf.random.experimental.stateless_shuffle(
+                tf.range(count, dtype=tf.int64), tf.stack([seed, tf.constant(0, tf.int64)])
+            )
+            ds = tf.data.Dataset.from_tensor_slices(order)
+            ds = ds.map(lambda i: {k: tf.gather(v, i) for k, v in arrays.items()})
+            return self._epoch_batches(ds, seed, tf.where(e == start_epoch, skip_batches, 0))
+
+        ds = tf.data.Dataset.range(start_epoch, 2**62).flat_map(epoch)
         return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
 
     def batches(self, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
         """Local batches forever, starting at global step `start_step`."""
         epoch, offset = divmod(start_step, self.steps_per_epoch)
+        if self.cache:
+            yield from self._in_memory_stream(epoch, offset).as_numpy_iterator()
         while True:
-            for batch in self.epoch(epoch, offset).as_numpy_iterator():
-                yield batch
+            yield from self._tfds_epoch(epoch, offset).as_numpy_iterator()
             epoch, offset = epoch + 1, 0
 
 

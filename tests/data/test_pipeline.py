@@ -14,8 +14,9 @@ def _batches(stream, n):
     return [next(stream) for _ in range(n)]
 
 
-def test_training_stream_is_deterministic_and_resumes_at_any_step(tiny_config):
-    train, _ = data_lib.make_inputs(tiny_config())
+@pytest.mark.parametrize('cache', [True, False])
+def test_training_stream_is_deterministic_and_resumes_at_any_step(tiny_config, cache):
+    train, _ = data_lib.make_inputs(tiny_config(**{'data.cache': cache}))
     assert train.steps_per_epoch == 37 // 4
     first = _batches(train.batches(), 20)  # crosses two epoch boundaries
     again = _batches(train.batches(), 20)
