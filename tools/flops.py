@@ -15,6 +15,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from sparse_vit_jax import cli  # noqa: E402
 from sparse_vit_jax import config as config_lib  # noqa: E402
 from sparse_vit_jax import flops  # noqa: E402
 
@@ -49,4 +50,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-    app.run(main)
+    cli.run(main)

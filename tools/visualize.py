@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from sparse_vit_jax import data as data_lib  # noqa: E402
-from sparse_vit_jax import logs, plots  # noqa: E402
+from sparse_vit_jax import cli, plots  # noqa: E402
 from sparse_vit_jax.models import token_selector  # noqa: E402
 from sparse_vit_jax.train import evaluation  # noqa: E402
 
@@ -65,7 +65,6 @@ def render_tokens(
 def main(argv):
     if len(argv) != 2 or argv[1] != 'tokens':
         raise app.UsageError('usage: visualize.py tokens --workdir DIR [--out DIR]')
-    logs.setup()
     for path in render_tokens(
         _WORKDIR.value, _OUT.value, _NUM_IMAGES.value, step=_STEP.value, data_dir=_DATA_DIR.value
     ):
@@ -73,4 +72,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-    app.run(main)
+    cli.run(main)
