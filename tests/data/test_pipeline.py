@@ -87,3 +87,22 @@ def test_batch_that_does_not_divide_the_devices_is_rejected(monkeypatch):
 def test_missing_dataset_names_the_command_that_prepares_it(tmp_path):
     with pytest.raises(DatasetNotPreparedError, match='tools/prepare_data.py fashion_mnist'):
         load_builder('fashion_mnist', str(tmp_path))
+
+
+def test_two_processes_read_disjoint_shares_that_cover_the_split(tiny_config, monkeypatch):
+    """What each of two hosts reads (tfds.even_splits by process index): no overlap, nothing
+    missing, for both the training stream and the padded eval stream."""
+    seen = {'train': [], 'eval': []}
+    monkeypatch.setattr(jax, 'process_count', lambda: 2)
+    for index in (0, 1):
+        monkeypatch.setattr(jax, 'process_index', lambda index=index: index)
+        train, evaluation = data_lib.make_inputs(tiny_config(**{'data.cache': True}))
+        share = train._in_memory  # this process's examples, before shuffling
+        seen['train'].append({img.tobytes() for img in np.asarray(share['image'])})
+        batches = list(evaluation.batches())
+        images = np.concatenate([b['image'][b['mask']] for b in batches])
+        seen['eval'].append({img.tobytes() for img in images})
+        assert evaluation.num_batches == 3  # ceil(ceil(23 / 2) / (8 / 2)): the same on every host
+    for kind, total in (('train', 37), ('eval', 23)):
+        first, second = seen[kind]
+        assert not first & second and len(first) + len(second) == total, kind
