@@ -35,13 +35,6 @@ from sparse_vit_jax import config as config_lib
 
 PAPER_PAIRS = ((0.7, 0.7), (0.7, 0.6), (0.5, 0.5), (0.4, 0.4), (0.4, 0.3))
 
-# Global batch and ΔT (at that batch) of the official scripts, per model.
-_RECIPE = {
-    'deit_tiny': dict(batch=512, update_every=15_000),
-    'deit_small': dict(batch=512, update_every=15_000),
-    'deit_base': dict(batch=1024, update_every=7_000),
-}
-
 
 def get_config(arg: str | None = None):
     arg = config_lib.parse_arg(
@@ -52,24 +45,15 @@ def get_config(arg: str | None = None):
         fidelity='reference',
         seed=0,
     )
-    if arg.model not in _RECIPE:
-        raise ValueError(f'config arg model={arg.model!r}; choose one of {sorted(_RECIPE)}')
-    recipe = _RECIPE[arg.model]
-    c = config_lib.base_config()
+    c = config_lib.imagenet_config(arg.model)
     c.seed = arg.seed
-    c.model = config_lib.model_config(arg.model)
-    c.batch_size = recipe['batch']
-    c.data.eval_batch_size = recipe['batch'] * 3 // 2  # the official eval batch is 1.5× train
     c.num_epochs = 600.0
-    c.optimizer.update(dict(lr=5e-4, lr_base_batch=512))
     c.sparsity.update(
         dict(
             method='s2vite',
             fidelity=arg.fidelity,
             head_density=arg.head_density,
             neuron_density=arg.neuron_density,
-            update_every=recipe['update_every'],
-            update_every_batch=recipe['batch'],
             t_end=0.8,
         )
     )

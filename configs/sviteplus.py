@@ -35,13 +35,6 @@ PAPER_KEEP_TOKENS = (197, 187, 177, 138, 99)
 TAU = {'head': (10.0, 0.1), 'paper': (0.1, 10.0)}
 TOKENS_BY_FIDELITY = {'reference': ('zero', 'gumbel'), 'improved': ('drop', 'topk')}
 
-# Global batch and ΔT (at that batch) of the official scripts, per model.
-_RECIPE = {
-    'deit_tiny': dict(batch=512, update_every=15_000),
-    'deit_small': dict(batch=512, update_every=15_000),
-    'deit_base': dict(batch=1024, update_every=7_000),
-}
-
 
 def get_config(arg: str | None = None):
     arg = config_lib.parse_arg(
@@ -61,18 +54,15 @@ def get_config(arg: str | None = None):
         seed=0,
     )
     for name, value, choices in (
-        ('model', arg.model, _RECIPE),
+        ('model', arg.model, config_lib.PAPER_BATCH),
         ('method', arg.method, ('sviteplus', 's2viteplus')),
         ('tau', arg.tau, TAU),
         ('fidelity', arg.fidelity, TOKENS_BY_FIDELITY),
     ):
         if value not in choices:
             raise ValueError(f'config arg {name}={value!r}; choose one of {sorted(choices)}')
-    recipe = _RECIPE[arg.model]
-    c = config_lib.base_config()
+    c = config_lib.imagenet_config(arg.model)
     c.seed = arg.seed
-    c.model = config_lib.model_config(arg.model)
-    c.batch_size = recipe['batch']
     c.num_epochs = arg.epochs
     structured = arg.method == 's2viteplus'
     c.sparsity.update(
@@ -83,8 +73,6 @@ def get_config(arg: str | None = None):
             head_density=arg.head_density if structured else 1.0,
             neuron_density=arg.neuron_density if structured else 1.0,
             distribution='erk',
-            update_every=recipe['update_every'],
-            update_every_batch=recipe['batch'],
         )
     )
     mode, eval_mode = TOKENS_BY_FIDELITY[arg.fidelity]

@@ -146,10 +146,11 @@ def imagenet_config(model: str) -> ml_collections.ConfigDict:
     """The DeiT recipe on ImageNet for `model` (deit_tiny|deit_small|deit_base), at the paper's
     global batch (lr = 5e-4 · batch / 512) and ΔT for that size; every method switched off."""
     if model not in PAPER_BATCH:
-        raise ValueError(f'model must be one of {sorted(PAPER_BATCH)}, got {model!r}')
+        raise ValueError(f'config arg model={model!r}; choose one of {sorted(PAPER_BATCH)}')
     c = base_config()
     c.model = model_config(model)
     c.batch_size = PAPER_BATCH[model]
+    c.data.eval_batch_size = PAPER_BATCH[model] * 3 // 2  # the official eval batch is 1.5× train
     c.sparsity.update_every = PAPER_UPDATE_EVERY[model]
     c.sparsity.update_every_batch = PAPER_BATCH[model]
     return c
