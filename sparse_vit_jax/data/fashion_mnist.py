@@ -135,6 +135,12 @@ def locate_idx_files(idx_dir: str | None, cache_dir: str, log: Log) -> dict[str,
     return find_idx_files(fetch_debian_idx(cache_dir, log))
 
 
+def default_cache_dir(data_dir: str | None) -> str:
+    """TFDS's downloads folder of `data_dir`, where a fetched Debian package is kept."""
+    builder = tfds.builder('fashion_mnist', data_dir=data_dir)
+    return os.path.join(os.path.dirname(os.path.dirname(builder.data_dir)), 'downloads')
+
+
 def prepare(
     data_dir: str | None = None,
     *,
@@ -159,9 +165,7 @@ def prepare(
     if is_prepared(data_dir):
         log(f'fashion_mnist is already prepared in {builder.data_dir}')
         return builder.data_dir
-    cache_dir = cache_dir or os.path.join(
-        os.path.dirname(os.path.dirname(builder.data_dir)), 'downloads'
-    )
+    cache_dir = cache_dir or default_cache_dir(data_dir)
     installed = find_idx_files('/' + DEBIAN_IDX_DIR)
     if source == 'tfds' or (
         source == 'auto' and idx_dir is None and not installed and tfds_source_reachable()

@@ -16,9 +16,11 @@ def _read_idx(path, header):
         return np.frombuffer(f.read()[header:], np.uint8)
 
 
-def test_prepared_from_idx_files_matches_the_idx_files(tmp_path):
-    files = fashion_mnist.locate_idx_files(None, str(tmp_path / 'downloads'), print)
-    fashion_mnist.prepare(str(tmp_path), source='idx', cache_dir=str(tmp_path / 'downloads'))
+def test_prepared_from_idx_files_matches_the_idx_files(fashion_data_dir, tmp_path):
+    # The IDX files come from wherever the session's Fashion-MNIST came from (no second download).
+    cache = fashion_mnist.default_cache_dir(fashion_data_dir)
+    files = fashion_mnist.locate_idx_files(None, cache, print)
+    fashion_mnist.prepare(str(tmp_path), source='idx', cache_dir=cache)
     builder = tfds.builder('fashion_mnist', data_dir=str(tmp_path))
     assert type(builder).__name__ == 'FashionMNIST'  # the registered TFDS builder reads it
     assert builder.info.splits['train'].num_examples == 60_000
