@@ -246,6 +246,7 @@ def test_vs_timm_smoke():
     assert result['ratio'] == pytest.approx(
         result['images_per_sec'] / result['timm_images_per_sec']
     )
-    model = jax_bench.create_model_from_config(jax_bench.model_bench_config('vit_test', 8).model)
-    ours = sum(np.size(p) for p in jax.tree.leaves(jax_bench.random_params(jax_bench.model_bench_config('vit_test', 8), model)))
-    assert result['timm']['params'] == ours  # the same network in timm
+    config = jax_bench.model_bench_config('vit_test', 8)
+    params = jax_bench.random_params(config, jax_bench.create_model_from_config(config.model))
+    # The same network in timm: as many parameters as ours.
+    assert result['timm']['params'] == sum(np.size(p) for p in jax.tree.leaves(params))
