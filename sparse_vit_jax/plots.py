@@ -6,7 +6,7 @@ global backend state and saving to PNG needs no display.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -58,5 +58,219 @@ def token_selection_figure(
     axes[1, 0].set_ylabel('selected', fontsize=8)
     if title:
         figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    return figure
+
+
+# ----------------------------------------------------------------------------- sparsity
+
+# Sub-layers in the order a block computes them (alphabetical order would put proj before qkv).
+_SUBLAYERS = ('attn/qkv', 'attn/proj', 'mlp/fc1', 'mlp/fc2')
+
+
+def layer_sort_key(name: str) -> tuple[int, int, int, str]:
+    """Model order for layer names ('patch_embed/kernel', 'blocks_10/mlp/fc1/kernel', 'head/
+    kernel', ...): patch embedding, blocks by depth (not blocks_10 before blocks_2), head."""
+    first, _, rest = name.partition('/')
+    if first.startswith('blocks_'):
+        sub = next((i for i, s in enumerate(_SUBLAYERS) if rest.startswith(s)), len(_SUBLAYERS))
+        return (1, int(first.split('_')[1]), sub, rest)
+    group = {'patch_embed': 0, 'head': 3}.get(first, 2)
+    return (group, 0, 0, name)
+
+
+def layer_label(name: str) -> str:
+    return name.removesuffix('/kernel').replace('blocks_', 'block ')
+
+
+def sparsity_history(records: Sequence[Mapping]) -> dict[str, np.ndarray]:
+    """Arrays over training from a run's 'sparsity' records (train/metrics.py), one entry per
+    topology update, in update order.
+
+    Returns 'steps' (the update steps), 'density', 'fired_density', 'moved' [T]; and where every
+    record has them, 'active_heads', 'active_neurons', 'moved_heads', 'moved_neurons'
+    [T, depth] and 'head_mask' [T, depth, heads].
+    """
+    if not records:
+        raise ValueError('no sparsity records: the run is dense or has not updated yet')
+    records = sorted(records, key=lambda r: r['last_update_step'])
+    history = {
+        'steps': np.array([r['last_update_step'] for r in records]),
+        'density': np.array([r['density'] for r in records], np.float64),
+        'fired_density': np.array([r['fired_density'] for r in records], np.float64),
+        'moved': np.array([r['moved'] for r in records]),
+    }
+    for key in ('active_heads', 'active_neurons', 'moved_heads', 'moved_neurons', 'head_mask'):
+        if all(key in r for r in records):
+            history[key] = np.array([r[key] for r in records])
+    if 'head_mask' in history:
+        history['head_mask'] = history['head_mask'].astype(bool)
+    return history
+
+
+def plot_layer_density(axis, layer_density: Mapping[str, float]) -> None:
+    """Horizontal bars, one per prunable layer, in model order (top to bottom)."""
+    names = sorted(layer_density, key=layer_sort_key)
+    positions = np.arange(len(names))
+    axis.barh(positions, [layer_density[n] for n in names], color='tab:blue')
+    axis.set_yticks(positions, [layer_label(n) for n in names], fontsize=6)
+    axis.invert_yaxis()
+    axis.set_xlim(0, 1)
+    axis.set_xlabel('density (kept fraction)', fontsize=8)
+
+
+def plot_density_history(axis, steps, density, fired_density=None) -> None:
+    axis.plot(steps, density, marker='.', label='density')
+    if fired_density is not None:
+        axis.plot(steps, fired_density, marker='.', label='ever active ("fired")')
+    axis.set_ylim(0, 1.02)
+    axis.set_ylabel('fraction of prunable weights', fontsize=8)
+    axis.legend(fontsize=7)
+
+
+def plot_moved(axis, steps, moved) -> None:
+    axis.plot(steps, moved, marker='.', color='tab:red')
+    axis.set_ylabel('weights moved (regrown)', fontsize=8)
+    axis.set_xlabel('update step', fontsize=8)
+
+
+def density_figure(
+    layer_density: Mapping[str, float],
+    steps: np.ndarray,
+    density: np.ndarray,
+    moved: np.ndarray,
+    fired_density: np.ndarray | None = None,
+    *,
+    title: str = '',
+) -> Figure:
+    """Left: the latest per-layer densities; right: overall density and weights moved per
+    topology update over training."""
+    figure = Figure(figsize=(10, max(4.0, 0.13 * len(layer_density) + 1.5)))
+    grid = figure.add_gridspec(2, 2, width_ratios=(1.0, 1.3))
+    plot_layer_density(figure.add_subplot(grid[:, 0]), layer_density)
+    plot_density_history(figure.add_subplot(grid[0, 1]), steps, density, fired_density)
+    plot_moved(figure.add_subplot(grid[1, 1]), steps, moved)
+    if title:
+        figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    return figure
+
+
+def head_mask_image(masks: np.ndarray) -> np.ndarray:
+    """bool [T, depth, heads] -> bool [depth·heads, T]: row i·heads + h is head h of block i,
+    column t the mask after update t."""
+    masks = np.asarray(masks, bool)
+    steps, depth, heads = masks.shape
+    return masks.reshape(steps, depth * heads).T
+
+
+def plot_head_masks(axis, steps: np.ndarray, masks: np.ndarray) -> None:
+    """Active heads (dark) per block over the updates, blocks separated by lines."""
+    image = head_mask_image(masks)
+    heads = masks.shape[2]
+    axis.imshow(image, aspect='auto', cmap='Greys', vmin=0, vmax=1, interpolation='nearest')
+    for boundary in range(heads, image.shape[0], heads):
+        axis.axhline(boundary - 0.5, color='tab:orange', linewidth=0.6)
+    axis.set_yticks(np.arange(masks.shape[1]) * heads + (heads - 1) / 2)
+    axis.set_yticklabels([f'block {i}' for i in range(masks.shape[1])], fontsize=6)
+    ticks = np.unique(np.linspace(0, len(steps) - 1, min(len(steps), 8)).round().astype(int))
+    axis.set_xticks(ticks, [str(steps[t]) for t in ticks], fontsize=7)
+    axis.set_xlabel('update step', fontsize=8)
+    axis.set_title('head mask (dark: active)', fontsize=8)
+
+
+def plot_unit_density(
+    axis, steps: np.ndarray, values: np.ndarray, label: str, fraction: bool = False
+) -> None:
+    """One line per block of `values` [T, depth]: a kept fraction (fraction=True) or a count."""
+    for block in range(values.shape[1]):
+        axis.plot(steps, values[:, block], marker='.', linewidth=0.8, label=f'block {block}')
+    if fraction:
+        axis.set_ylim(0, 1.02)
+    axis.set_ylabel(label, fontsize=8)
+    axis.set_xlabel('update step', fontsize=8)
+    if values.shape[1] <= 12:
+        axis.legend(fontsize=6, ncol=2)
+
+
+def heads_figure(
+    steps: np.ndarray,
+    head_masks: np.ndarray | None,
+    active_heads: np.ndarray,
+    neurons: np.ndarray,
+    *,
+    neuron_fraction: bool = True,
+    title: str = '',
+) -> Figure:
+    """S²ViTE units over training: the head mask [T, depth, heads] as an image (or, for runs
+    logged without it, active heads per block [T, depth]) and MLP neurons per block [T, depth],
+    as kept fractions (neuron_fraction) or counts."""
+    figure = Figure(figsize=(10, 4.5))
+    left, right = figure.subplots(1, 2)
+    if head_masks is not None:
+        plot_head_masks(left, steps, head_masks)
+    else:
+        plot_unit_density(left, steps, active_heads, 'active heads')
+    label = 'neuron density' if neuron_fraction else 'active neurons'
+    plot_unit_density(right, steps, neurons, label, fraction=neuron_fraction)
+    if title:
+        figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    return figure
+
+
+# ----------------------------------------------------------------------------- accuracy
+
+RESULT_KEYS = ('name', 'method', 'top1', 'gmacs')
+
+
+def check_results(results: Sequence[Mapping]) -> None:
+    """Raises ValueError naming the entry when a results list does not fit the format of
+    `accuracy_vs_flops_figure`."""
+    if not isinstance(results, (list, tuple)) or not results:
+        raise ValueError('results must be a non-empty JSON list of runs')
+    for i, run in enumerate(results):
+        missing = [k for k in RESULT_KEYS if not isinstance(run, Mapping) or k not in run]
+        if missing:
+            raise ValueError(f'results entry {i} lacks {missing} (each needs {list(RESULT_KEYS)})')
+        if not 0 <= run['top1'] <= 1:
+            raise ValueError(f"results entry {i} ({run['name']}): top1 is a fraction in [0, 1]")
+        if run['gmacs'] <= 0:
+            raise ValueError(f"results entry {i} ({run['name']}): gmacs must be positive")
+
+
+def accuracy_vs_flops_figure(results: Sequence[Mapping], *, title: str = '') -> Figure:
+    """Top-1 against GMACs per image, one point per run, one colour and line per method (the
+    paper's accuracy-vs-FLOPs figure for our runs).
+
+    results: a list of runs, each a dict with
+      name: str, the point's label (e.g. 'S²ViTE-S 0.7/0.6');
+      method: str, the series (dense | svite | s2vite | sviteplus | s2viteplus | anything);
+      top1: float, top-1 accuracy as a fraction in [0, 1] (as tools/evaluate.py reports it);
+      gmacs: float, GMACs per image in the paper's convention (tools/flops.py --json 'gmacs');
+      dense_gmacs: float, optional, the dense model's (drawn as a dotted vertical line);
+      any other keys (model, workdir, top5, ...) are ignored.
+    """
+    check_results(results)
+    figure = Figure(figsize=(7, 5))
+    axis = figure.subplots()
+    methods = sorted({run['method'] for run in results})
+    for method in methods:
+        runs = sorted((r for r in results if r['method'] == method), key=lambda r: r['gmacs'])
+        x = [r['gmacs'] for r in runs]
+        y = [100 * r['top1'] for r in runs]
+        axis.plot(x, y, marker='o', linewidth=1, label=method)
+        for run, xi, yi in zip(runs, x, y):
+            axis.annotate(
+                run['name'], (xi, yi), fontsize=6, textcoords='offset points', xytext=(3, 3)
+            )
+    for dense in sorted({r['dense_gmacs'] for r in results if r.get('dense_gmacs')}):
+        axis.axvline(dense, color='grey', linestyle=':', linewidth=0.8)
+    axis.set_xlabel('GMACs per image (paper convention)', fontsize=8)
+    axis.set_ylabel('top-1 accuracy (%)', fontsize=8)
+    axis.legend(fontsize=7)
+    axis.grid(alpha=0.3)
+    if title:
+        axis.set_title(title, fontsize=9)
     figure.tight_layout()
     return figure

@@ -13,15 +13,13 @@ torch is on the package index), from the repository root:
     PYTHONPATH=.:/tmp/torch_timm python -m pytest tests/test_convert.py -k 'timm or pth' -rs
 
 timm imports torchvision, whose PyPI wheels need CUDA torch (ENVIRONMENT.md §1); when it does
-not import, the test puts a stub of the few names timm touches in its place.
+not import, the test puts a stub of the few names timm touches in its place
+(sparse_vit_jax/benchmark/timm_torch.py, shared with `tools/benchmark.py --vs_timm`).
 """
 
 from __future__ import annotations
 
 import argparse
-import enum
-import importlib.abc
-import importlib.machinery
 import importlib.util
 import os
 import subprocess
@@ -33,6 +31,7 @@ import pytest
 from scipy.special import erf
 
 from sparse_vit_jax import convert
+from sparse_vit_jax.benchmark.timm_torch import TorchvisionStub, stub_torchvision
 from sparse_vit_jax.models import create_model, create_model_from_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -378,49 +377,10 @@ def test_tool_refuses_pickled_npz(tmp_path):
 # ----------------------------------------------------------------------------- timm itself
 
 
-class _TorchvisionStub(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Imports any torchvision.* as an empty package with the few names timm touches at import."""
-
-    def find_spec(self, name, path=None, target=None):
-        if name.split('.')[0] == 'torchvision':
-            return importlib.machinery.ModuleSpec(name, self, is_package=True)
-        return None
-
-    def create_module(self, spec):
-        return None
-
-    def exec_module(self, module):
-        import torch
-
-        modes = enum.Enum('InterpolationMode', 'NEAREST BILINEAR BICUBIC BOX HAMMING LANCZOS')
-        module.__version__ = '0.0.0+stub'
-        module.InterpolationMode = modes
-        module.FrozenBatchNorm2d = torch.nn.BatchNorm2d
-
-        def dummy(attribute):  # any other public name: a placeholder class
-            if attribute.startswith('__'):
-                raise AttributeError(attribute)
-            return type(attribute, (), {})
-
-        module.__getattr__ = dummy
-
-
-def _stub_torchvision() -> None:
-    """For a CPU torch without a working torchvision (ENVIRONMENT.md §1: timm imports it)."""
-    try:
-        import torchvision  # noqa: F401
-
-        return
-    except Exception:  # noqa: BLE001  (missing, or built against another torch)
-        for name in [name for name in sys.modules if name.split('.')[0] == 'torchvision']:
-            del sys.modules[name]
-    sys.meta_path.insert(0, _TorchvisionStub())
-
-
 def test_parity_with_timm():
     """timm's own DeiT and ours, on weights exported from timm: same logits."""
     torch = pytest.importorskip('torch')
-    _stub_torchvision()
+    stub_torchvision()
     timm = pytest.importorskip('timm')
     torch.manual_seed(0)
     net = timm.models.vision_transformer.VisionTransformer(
@@ -460,6 +420,6 @@ def test_pth_training_checkpoint_loads_and_code_is_refused(tmp_path):
     qkv = 'blocks.0.attn.qkv.weight'
     np.testing.assert_array_equal(loaded[qkv], state[qkv])
 
-    torch.save({'model': tensors, 'hook': _TorchvisionStub()}, tmp_path / 'code.pth')
+    torch.save({'model': tensors, 'hook': TorchvisionStub()}, tmp_path / 'code.pth')
     with pytest.raises(ValueError, match='weights_only loading refuses.*plain tensors'):
         convert.load_weights(str(tmp_path / 'code.pth'))

@@ -82,7 +82,9 @@ def _named(tree: Any) -> dict[str, jax.Array]:
 
 def summary(opt_state: Any) -> dict[str, Any] | None:
     """Sparsity metrics on device (jit it; fetch at log time): per-layer density, the weights
-    moved by the latest update, the union of all masks so far ("fired"), unit counts."""
+    moved by the latest update, the union of all masks so far ("fired"), unit counts, and for
+    structured runs the head mask itself (bool[depth, heads], small; the head plots of
+    tools/visualize.py draw it over training)."""
     state = sparse_state(opt_state)
     if state is None:
         return None
@@ -103,4 +105,6 @@ def summary(opt_state: Any) -> dict[str, Any] | None:
         if state.masks[unit] is not None:
             out[f'active_{unit}'] = jnp.sum(state.masks[unit], axis=1, dtype=jnp.int32)
             out[f'moved_{unit}'] = state.last_update[f'moved_{unit}']
+    if state.masks['heads'] is not None:
+        out['head_mask'] = state.masks['heads']
     return out

@@ -74,6 +74,34 @@ def token_temperature(config: ml_collections.ConfigDict, total_steps: int):
     )
 
 
+def make_train_step(
+    config: ml_collections.ConfigDict,
+    model: Any,
+    tx: Any,
+    spec: Any,
+    total_steps: int,
+) -> TrainStep:
+    """The run's train step (unjitted): the model, `make_optimizer`'s transformation and spec,
+    masks as the fidelity feeds them forward, Mixup/CutMix and the token temperature schedule.
+
+    Shared by the Trainer and tools/benchmark.py, so what is timed is what trains.
+    """
+    return TrainStep(
+        model,
+        tx,
+        seed=config.seed,
+        num_classes=config.model.num_classes,
+        label_smoothing=config.label_smoothing,
+        forward_masks=functools.partial(
+            sparsity_api.forward_masks, fidelity=config.sparsity.fidelity
+        ),
+        needs_head_scores=spec is not None and spec.structured,
+        mix=mixup_fn(config),
+        tau=token_temperature(config, total_steps),
+        ema_decay=config.ema_decay,
+    )
+
+
 def check_writable(workdir: str) -> None:
     """Fails early, before any work, when checkpoints could not be written."""
     try:
@@ -121,20 +149,7 @@ class Trainer:
         self.state_sharding = sharding_lib.state_shardings(
             abstract_state, self.mesh, config.mesh.fsdp_min_size
         )
-        self.step_fn = TrainStep(
-            self.model,
-            tx,
-            seed=config.seed,
-            num_classes=config.model.num_classes,
-            label_smoothing=config.label_smoothing,
-            forward_masks=functools.partial(
-                sparsity_api.forward_masks, fidelity=config.sparsity.fidelity
-            ),
-            needs_head_scores=spec is not None and spec.structured,
-            mix=mixup_fn(config),
-            tau=token_temperature(config, self.total_steps),
-            ema_decay=config.ema_decay,
-        )
+        self.step_fn = make_train_step(config, self.model, tx, spec, self.total_steps)
         self.batch_sharding = sharding_lib.batch_sharding(self.mesh)
         self.train_step = jax.jit(
             self.step_fn,

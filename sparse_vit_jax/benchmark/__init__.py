@@ -1,0 +1,27 @@
+"""Speed measurements behind tools/benchmark.py; every function returns a JSON-able dict.
+
+- `model_speed(mode, name, ...)`: a registered model's real train step or forward, optionally
+  beside timm in PyTorch;
+- `sparse_train_overhead(config, ...)`: a sparse method's train step against dense, the
+  topology update amortized over ΔT;
+- `inference_saving(config, ...)`: the deployed slim / token-dropping model against dense,
+  with the FLOPs saving it should approach;
+- `input_speed(config, ...)`: the production ImageNet input pipeline on fake 375×500 JPEGs.
+
+Numbers are medians over timed steps after warm-up, each step timed to completion; whatever is
+compared is measured in alternating blocks in one process (`timing.alternate`).
+"""
+
+from sparse_vit_jax.benchmark.input import input_speed
+from sparse_vit_jax.benchmark.measure import inference_saving, model_speed, sparse_train_overhead
+from sparse_vit_jax.benchmark.timing import Runner, Timings, alternate
+
+__all__ = [
+    'Runner',
+    'Timings',
+    'alternate',
+    'inference_saving',
+    'input_speed',
+    'model_speed',
+    'sparse_train_overhead',
+]

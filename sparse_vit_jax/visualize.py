@@ -1,0 +1,168 @@
+"""Figures of a run written as PNG files: what tools/visualize.py draws, from a workdir's
+metrics.jsonl ('sparsity' records) and checkpoints, or from a results file. Each `render_*`
+returns the paths it wrote (default folder: WORKDIR/plots); nothing here prints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from sparse_vit_jax import data as data_lib
+from sparse_vit_jax import plots
+from sparse_vit_jax.errors import CheckpointError
+from sparse_vit_jax.models import token_selector
+from sparse_vit_jax.train import evaluation
+from sparse_vit_jax.train.checkpoint import Checkpointer
+from sparse_vit_jax.train.metrics import read_metrics
+
+
+def eval_images(config, count: int) -> np.ndarray:
+    """The first `count` (real, unpadded) eval images, normalized as the model sees them."""
+    _, eval_input = data_lib.make_inputs(config)
+    chunks, total = [], 0
+    for batch in eval_input.batches():
+        images = batch['image'][batch['mask'].astype(bool)]
+        chunks.append(images)
+        total += len(images)
+        if total >= count:
+            break
+    return np.concatenate(chunks)[:count]
+
+
+def render_tokens(
+    workdir: str, out_dir: str | None = None, num_images: int = 8, *, step=None, data_dir=None
+) -> list[str]:
+    """Writes the token-selection figure of a run's checkpoint; returns the paths written."""
+    restored = evaluation.restore_model(workdir, step=step, data_dir=data_dir)
+    config = restored.config
+    images = eval_images(config, num_images)
+    kept = token_selector.kept_patches(
+        restored.model, restored.params, images, masks=restored.forward_masks
+    )
+    figure = plots.token_selection_figure(
+        plots.unnormalize(images, config.data.mean, config.data.std),
+        np.asarray(kept),
+        config.model.patch_size,
+        title=f'{config.sparsity.method}: {config.tokens.keep} of '
+        f'{kept.shape[1] + 1} tokens kept ({config.tokens.eval_mode} eval), step {restored.step}',
+    )
+    return [save(figure, out_dir or plots_dir(workdir), f'tokens_step{restored.step}.png')]
+
+
+def plots_dir(workdir: str) -> str:
+    return os.path.join(workdir, 'plots')
+
+
+def save(figure, out_dir: str, name: str) -> str:
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, name)
+    figure.savefig(path, dpi=120)
+    return path
+
+
+def run_config(workdir: str) -> dict | None:
+    """The run's config from its latest checkpoint, or None when it has none (yet)."""
+    try:
+        return Checkpointer(workdir, create=False).meta()['config']
+    except CheckpointError:
+        return None
+
+
+def _title(config: dict | None, what: str) -> str:
+    if config is None:
+        return what
+    return f"{config['model']['name']} ({config['sparsity']['method']}): {what}"
+
+
+def sparsity_history(workdir: str) -> tuple[list[dict], dict, int]:
+    """The run's sparsity records, their arrays (plots.sparsity_history) and the step they were
+    last logged."""
+    records = read_metrics(workdir, 'sparsity')
+    if not records:
+        raise ValueError(
+            f'no sparsity records in {os.path.join(workdir, "metrics.jsonl")}: density and head '
+            'plots need a sparse run (method svite, s2vite, sviteplus or s2viteplus) that has '
+            'updated its topology at least once'
+        )
+    return records, plots.sparsity_history(records), max(r['step'] for r in records)
+
+
+def render_density(workdir: str, out_dir: str | None = None) -> list[str]:
+    """Per-layer densities (latest record) and density / weights moved over training."""
+    records, history, step = sparsity_history(workdir)
+    latest = max(records, key=lambda r: r['last_update_step'])
+    figure = plots.density_figure(
+        latest['layer_density'],
+        history['steps'],
+        history['density'],
+        history['moved'],
+        history['fired_density'],
+        title=_title(run_config(workdir), f'sparsity after step {step}'),
+    )
+    return [save(figure, out_dir or plots_dir(workdir), f'density_step{step}.png')]
+
+
+def _neuron_values(history: dict, config: dict | None) -> tuple[np.ndarray, bool]:
+    """Kept fraction of each block's MLP neurons, or the counts when the width is unknown (no
+    checkpoint to read the config from); and whether they are fractions."""
+    active = history['active_neurons']
+    width = None if config is None else config['model']['mlp_dim']
+    if width is None:
+        return active, False
+    return active / np.asarray(width, np.float64), True
+
+
+def render_heads(workdir: str, out_dir: str | None = None) -> list[str]:
+    """The head mask over training and the neuron density per block (structured runs)."""
+    _, history, step = sparsity_history(workdir)
+    if 'active_heads' not in history:
+        raise ValueError(
+            f'{workdir} is not a structured run: head plots need method s2vite or s2viteplus'
+        )
+    config = run_config(workdir)
+    neurons, fraction = _neuron_values(history, config)
+    figure = plots.heads_figure(
+        history['steps'],
+        history.get('head_mask'),
+        history['active_heads'],
+        neurons,
+        neuron_fraction=fraction,
+        title=_title(config, f'heads and neurons up to step {step}'),
+    )
+    return [save(figure, out_dir or plots_dir(workdir), f'heads_step{step}.png')]
+
+
+def render_accuracy(results_path: str, out_dir: str | None = None) -> list[str]:
+    """Top-1 against GMACs across the runs listed in `results_path`."""
+    with open(results_path) as f:
+        results = json.load(f)
+    figure = plots.accuracy_vs_flops_figure(results, title='top-1 vs FLOPs')
+    out_dir = out_dir or os.path.join(os.path.dirname(os.path.abspath(results_path)), 'plots')
+    return [save(figure, out_dir, 'accuracy_vs_flops.png')]
+
+
+def render_all(
+    workdir: str, out_dir: str | None = None, results: str | None = None, **token_args
+) -> list[str]:
+    """Every plot that applies: density (sparse runs), heads (structured), tokens (a token
+    selector and a checkpoint), accuracy (with a results file)."""
+    config = run_config(workdir)
+    records = read_metrics(workdir, 'sparsity')
+    paths = []
+    if records:
+        paths += render_density(workdir, out_dir)
+        if 'active_heads' in records[-1]:
+            paths += render_heads(workdir, out_dir)
+    if config is not None and config['tokens']['keep']:
+        paths += render_tokens(workdir, out_dir, **token_args)
+    if results:
+        paths += render_accuracy(results, out_dir or plots_dir(workdir))
+    if not paths:
+        raise ValueError(
+            f'nothing to plot for {workdir}: no sparsity records, no token selector'
+            + ('' if config else ', no checkpoint')
+        )
+    return paths

@@ -1,0 +1,156 @@
+"""Speed of train steps, inference and the input pipeline (see sparse_vit_jax/benchmark/).
+
+  python tools/benchmark.py train|infer --model deit_tiny_patch16_224 --batch 32 --steps 10 \
+      [--warmup 2] [--dtype float32|bfloat16] [--vs_timm] [--json]
+  python tools/benchmark.py train --config configs/s2vite.py:model=deit_small --batch 64 --json
+  python tools/benchmark.py infer --config configs/sviteplus.py:keep_tokens=138 --batch 64 --json
+  python tools/benchmark.py input [--config configs/dense.py:model=deit_tiny] --num_images 512 \
+      [--augment full|light] [--train_demand_model deit_tiny_patch16_224] [--json]
+
+train|infer --model: images/s of the real train step (DeiT AdamW, dense) or the forward on random
+inputs: median over --steps timed steps after --warmup, step time median/p10/p90, compile
+seconds, peak RSS, XLA GFLOPs per image and achieved GFLOP/s. --vs_timm adds timm in PyTorch on
+the same machine (torch and timm are optional: shared/docs/ENVIRONMENT.md §1), measured in
+alternating blocks of --block steps, and ratio = JAX / timm.
+
+train --config: the config's sparse train step against dense (overhead, the topology update
+amortized over ΔT). infer --config: the deployed model (slim S²ViTE, dropped tokens) against
+dense (time_saving beside flops_saving). input: the production ImageNet pipeline on --num_images
+fake 375×500 JPEGs, optionally against a model's train-step demand.
+"""
+
+import importlib.util
+import json
+import os
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from sparse_vit_jax import cli  # noqa: E402
+
+COMMANDS = ('train', 'infer', 'input')
+DEFAULT_INPUT_CONFIG = ('dense.py', 'model=deit_tiny')
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Config file (path[:args]): compare its method against dense.', lock_config=True
+)
+_MODEL = flags.DEFINE_string('model', None, 'Registered model name (train/infer).')
+_BATCH = flags.DEFINE_integer('batch', 32, 'Global batch size.')
+_STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps (per side when comparing).')
+_WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed steps after compiling (per side).')
+_BLOCK = flags.DEFINE_integer('block', 2, 'Steps per block when two sides alternate.')
+_DTYPE = flags.DEFINE_enum(
+    'dtype', None, ['float32', 'bfloat16'], 'Compute dtype (default: float32 / the config).'
+)
+_VS_TIMM = flags.DEFINE_bool('vs_timm', False, 'Also time timm in PyTorch (--model only).')
+_NUM_IMAGES = flags.DEFINE_integer('num_images', 512, 'input: fake train JPEGs.')
+_AUGMENT = flags.DEFINE_enum(
+    'augment', 'full', ['full', 'light'], 'input: the DeiT augmentation, or light (no RandAugment '
+    'or random erasing).'
+)
+_PASSES = flags.DEFINE_integer('passes', 3, 'input: timed passes over the fake data.')
+_WARMUP_PASSES = flags.DEFINE_integer('warmup_passes', 1, 'input: untimed passes first.')
+_DEMAND = flags.DEFINE_string(
+    'train_demand_model', None, "input: also time this model's train step (the demand)."
+)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'input: where the fake data goes (temp dir).')
+_JSON = flags.DEFINE_bool('json', False, 'Print one JSON object.')
+
+
+def default_input_config():
+    """configs/dense.py for DeiT-Tiny: the production ImageNet recipe."""
+    name, arg = DEFAULT_INPUT_CONFIG
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.path.join(repo, 'configs', name)
+    spec = importlib.util.spec_from_file_location('dense_config', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+def run_command(command: str) -> dict:
+    from sparse_vit_jax import benchmark
+
+    common = dict(batch=_BATCH.value, steps=_STEPS.value, warmup=_WARMUP.value)
+    if command == 'input':
+        import tensorflow_datasets as tfds
+
+        tfds.disable_progress_bar()  # preparing the fake data would draw bars on stderr
+        config = _CONFIG.value or default_input_config()
+        return benchmark.input_speed(
+            config,
+            num_images=_NUM_IMAGES.value,
+            batch=_BATCH.value,
+            augment=_AUGMENT.value,
+            passes=_PASSES.value,
+            warmup_passes=_WARMUP_PASSES.value,
+            train_demand_model=_DEMAND.value,
+            train_steps=_STEPS.value,
+            dtype=_DTYPE.value or 'float32',
+            workdir=_WORKDIR.value,
+        )
+    if (_MODEL.value is None) == (_CONFIG.value is None):
+        raise app.UsageError(f'{command} needs exactly one of --model and --config')
+    if _MODEL.value:
+        return benchmark.model_speed(
+            command,
+            _MODEL.value,
+            dtype=_DTYPE.value or 'float32',
+            vs_timm=_VS_TIMM.value,
+            block=_BLOCK.value,
+            **common,
+        )
+    if _VS_TIMM.value:
+        raise app.UsageError('--vs_timm compares registered models: use it with --model')
+    measure = benchmark.sparse_train_overhead if command == 'train' else benchmark.inference_saving
+    return measure(_CONFIG.value, dtype=_DTYPE.value, block=_BLOCK.value, **common)
+
+
+def describe(result: dict) -> str:
+    """A few human lines (--json prints everything)."""
+    mode = result['mode']
+    head = f"{mode}: {result['images_per_sec']:.1f} images/s"
+    if mode == 'input':
+        line = (
+            f"{head} ({result['images_per_sec_per_core']:.1f} per core, "
+            f"{result['images_per_cpu_second']:.1f} per CPU-second)"
+        )
+        if 'ratio' in result:
+            line += (
+                f"; {result['train_demand_model']} trains at "
+                f"{result['train_demand_images_per_sec']:.1f} images/s, ratio {result['ratio']:.2f}"
+            )
+        return line
+    if 'overhead' in result:
+        return (
+            f"{head} ({result['config_method']}, amortized over ΔT={result['update_every']}) vs "
+            f"dense {result['dense_images_per_sec']:.1f}: overhead {result['overhead']:+.1%} "
+            f"(regular steps {result['regular_overhead']:+.1%})"
+        )
+    if 'time_saving' in result:
+        return (
+            f"{head} ({result['deployed']}) vs dense {result['dense_images_per_sec']:.1f}: "
+            f"time saving {result['time_saving']:.1%}, FLOPs saving {result['flops_saving']:.1%}"
+        )
+    step = result['step_time_ms']
+    line = (
+        f"{head} {result['model']} batch {result['batch']} {result['dtype']}: step "
+        f"{step['median']:.1f} ms (p10 {step['p10']:.1f}, p90 {step['p90']:.1f}), "
+        f"compile {result['compile_seconds']:.1f} s"
+    )
+    if 'ratio' in result:
+        line += f"; timm {result['timm_images_per_sec']:.1f} images/s, ratio {result['ratio']:.2f}"
+    return line
+
+
+def main(argv):
+    if len(argv) != 2 or argv[1] not in COMMANDS:
+        raise app.UsageError(f'usage: benchmark.py {"|".join(COMMANDS)} [flags]')
+    result = run_command(argv[1])
+    print(json.dumps(result) if _JSON.value else describe(result))
+
+
+if __name__ == '__main__':
+    cli.run(main)
