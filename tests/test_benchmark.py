@@ -97,7 +97,12 @@ def test_model_train_step_speed_has_the_documented_keys():
         result['xla_gflops_per_image'] * result['images_per_sec']
     )
     assert result['compile_seconds'] > 0 and result['peak_rss_mb'] > 100
-    assert result['devices']['count'] == jax.device_count() and result['order'] == ['jax']
+    assert result['devices']['count'] == jax.device_count()
+    assert result['order'] == ['jax', 'matmul']  # the matmul ceiling is timed in the same run
+    assert result['matmul_gflops_per_sec'] > 1
+    assert result['fraction_of_matmul_rate'] == pytest.approx(
+        result['achieved_gflops_per_sec'] / result['matmul_gflops_per_sec']
+    )
     json.dumps(result)  # JSON-able as it is
 
 
@@ -241,7 +246,10 @@ def test_vs_timm_smoke():
     except timm_torch.TimmUnavailableError as error:
         pytest.skip(str(error))
     result = benchmark.model_speed('train', 'vit_test', batch=8, steps=1, warmup=1, vs_timm=True)
-    assert result['order'] == ['jax', 'timm']
+    assert result['order'] == ['jax', 'matmul', 'timm']
+    assert result['timm_fraction_of_matmul_rate'] == pytest.approx(
+        result['fraction_of_matmul_rate'] / result['ratio']
+    )
     assert result['timm_images_per_sec'] > 0
     assert result['ratio'] == pytest.approx(
         result['images_per_sec'] / result['timm_images_per_sec']

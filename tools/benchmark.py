@@ -47,8 +47,10 @@ _DTYPE = flags.DEFINE_enum(
 _VS_TIMM = flags.DEFINE_bool('vs_timm', False, 'Also time timm in PyTorch (--model only).')
 _NUM_IMAGES = flags.DEFINE_integer('num_images', 512, 'input: fake train JPEGs.')
 _AUGMENT = flags.DEFINE_enum(
-    'augment', 'full', ['full', 'light'], 'input: the DeiT augmentation, or light (no RandAugment '
-    'or random erasing).'
+    'augment',
+    'full',
+    ['full', 'light'],
+    'input: the DeiT augmentation, or light (no RandAugment or random erasing).',
 )
 _PASSES = flags.DEFINE_integer('passes', 3, 'input: timed passes over the fake data.')
 _WARMUP_PASSES = flags.DEFINE_integer('warmup_passes', 1, 'input: untimed passes first.')
@@ -140,6 +142,12 @@ def describe(result: dict) -> str:
         f"{step['median']:.1f} ms (p10 {step['p10']:.1f}, p90 {step['p90']:.1f}), "
         f"compile {result['compile_seconds']:.1f} s"
     )
+    if 'fraction_of_matmul_rate' in result:
+        line += (
+            f"; {result['achieved_gflops_per_sec']:.0f} GFLOP/s = "
+            f"{result['fraction_of_matmul_rate']:.0%} of the matmul rate "
+            f"{result['matmul_gflops_per_sec']:.0f}"
+        )
     if 'ratio' in result:
         line += f"; timm {result['timm_images_per_sec']:.1f} images/s, ratio {result['ratio']:.2f}"
     return line

@@ -14,6 +14,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from sparse_vit_jax import config as config_lib
 from sparse_vit_jax.benchmark.timing import Runner, xla_flops
@@ -162,9 +163,7 @@ class TrainBench:
 
     def runner(self, name: str, count: int = 0, *, per_block: int = 1, warmup: int = 1) -> Runner:
         value = self.count(count)
-        return Runner(
-            name, lambda: self.step(value), self.config.batch_size, per_block, warmup
-        )
+        return Runner(name, lambda: self.step(value), self.config.batch_size, per_block, warmup)
 
     def last_update_step(self) -> int | None:
         """The step of the latest topology update in the state (0: none yet), None if dense."""
@@ -212,6 +211,24 @@ class InferBench:
 
 
 def random_params(config: ml_collections.ConfigDict, model: Any, seed: int = 0) -> Any:
-    return jax.jit(lambda key: init_params(model, key, image_shape(config)))(
-        jax.random.key(seed)
-    )
+    return jax.jit(lambda key: init_params(model, key, image_shape(config)))(jax.random.key(seed))
+
+
+class MatmulBench:
+    """One large square matmul: the machine's practical dense-compute ceiling at `dtype`, for
+    the achieved fraction of it that the model steps reach (timed in the same alternation)."""
+
+    def __init__(self, size: int = 2048, dtype: str = 'float32'):
+        a, b = jax.random.normal(jax.random.key(3), (2, size, size), jnp.dtype(dtype))
+        self.operands = (a, b)
+        self.compiled = jax.jit(jnp.matmul).lower(a, b).compile()
+        self.flops = 2.0 * size**3
+
+    def call(self) -> None:
+        jax.block_until_ready(self.compiled(*self.operands))
+
+    def runner(self, name: str, *, per_block: int = 1, warmup: int = 1) -> Runner:
+        return Runner(name, self.call, 1, per_block, warmup)
+
+    def gflops_per_sec(self, seconds: list[float]) -> float:
+        return self.flops / float(np.median(seconds)) / 1e9

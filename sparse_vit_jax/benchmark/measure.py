@@ -90,7 +90,11 @@ def model_speed(
         timm_torch.import_torch_timm()
     rounds, per_block = timing.rounds_for(steps, block) if vs_timm else (1, steps)
     bench = _model_bench(mode, config)
-    runners = [bench.runner('jax', per_block=per_block, warmup=warmup)]
+    matmul = jax_bench.MatmulBench(dtype=dtype)
+    runners = [
+        bench.runner('jax', per_block=per_block, warmup=warmup),
+        matmul.runner('matmul', per_block=per_block, warmup=warmup),
+    ]
     if vs_timm:
         runner, timm_info = timm_torch.timm_runner(
             mode,
@@ -105,12 +109,24 @@ def model_speed(
     timings = timing.alternate(runners, rounds)
     result = dict(mode=mode, model=config.model.name, batch=batch, dtype=dtype, warmup=warmup)
     result.update(_side(bench, timings.seconds['jax'], batch))
+    # the achieved fraction of the machine's large-matmul rate, measured in the same blocks
+    result['matmul_gflops_per_sec'] = matmul.gflops_per_sec(timings.seconds['matmul'])
+    if result['achieved_gflops_per_sec'] is not None:
+        result['fraction_of_matmul_rate'] = (
+            result['achieved_gflops_per_sec'] / result['matmul_gflops_per_sec']
+        )
     if mode == 'train':
         result['recipe'] = _recipe(config)
     if vs_timm:
         timm = timing.summarize(timings.seconds['timm'], batch)
         result.update(timing.prefixed('timm_', timm))
         result['ratio'] = result['images_per_sec'] / timm['images_per_sec']
+        if result['xla_gflops_per_image'] is not None:  # timm does the same model FLOPs
+            result['timm_fraction_of_matmul_rate'] = (
+                result['xla_gflops_per_image']
+                * timm['images_per_sec']
+                / result['matmul_gflops_per_sec']
+            )
         result['timm'] = timm_info
     return timing.finish(result, timings)
 
@@ -174,9 +190,7 @@ def sparse_train_overhead(
         'step_time_ms': t,
         'overhead': t / median['dense'] - 1,
         'regular_overhead': median['regular'] / median['dense'] - 1,
-        'update_overhead': None
-        if update_every is None
-        else median['update'] / median['dense'] - 1,
+        'update_overhead': None if update_every is None else median['update'] / median['dense'] - 1,
         'measurements': sides,
     }
     return timing.finish(result, timings)
