@@ -176,11 +176,24 @@ def xla_flops(model_kwargs: Mapping[str, Any], channels: int = 3) -> float:
         return model.apply({'params': params}, images, rngs={'gumbel': rng})
 
     key = jax.eval_shape(lambda: jax.random.key(0))
-    compiled = jax.jit(forward).lower(params, images, key).compile()
-    analysis = compiled.cost_analysis()
+    return compiled_flops(jax.jit(forward).lower(params, images, key).compile())
+
+
+def compiled_flops(compiled: Any, partitions: int = 1) -> float | None:
+    """FLOPs of a compiled executable by XLA's cost analysis (a multiply-add counts 2).
+
+    XLA reports the program of ONE partition: a batch sharded over `partitions` devices is
+    counted `partitions` times over. None when the backend gives no count.
+    """
+    try:
+        analysis = compiled.cost_analysis()
+    except Exception:  # noqa: BLE001  (some backends do not implement it)
+        return None
     if isinstance(analysis, (list, tuple)):  # older JAX: one dict per device program
-        analysis = analysis[0]
-    return float(analysis['flops'])
+        analysis = analysis[0] if analysis else None
+    if not analysis or 'flops' not in analysis:
+        return None
+    return float(analysis['flops']) * partitions
 
 
 def report(

@@ -17,7 +17,8 @@ import ml_collections
 import numpy as np
 
 from sparse_vit_jax import config as config_lib
-from sparse_vit_jax.benchmark.timing import Runner, xla_flops
+from sparse_vit_jax import flops
+from sparse_vit_jax.benchmark.timing import Runner
 from sparse_vit_jax.models import create_model_from_config
 from sparse_vit_jax.sparsity import api as sparsity_api
 from sparse_vit_jax.sparsity import schedules
@@ -146,7 +147,7 @@ class TrainBench:
         start = time.perf_counter()
         self.compiled = jitted.lower(self.state, self.batch, self.count(0)).compile()
         self.compile_seconds = time.perf_counter() - start
-        self.flops = xla_flops(self.compiled, self.partitions)
+        self.flops = flops.compiled_flops(self.compiled, self.partitions)
         self.metrics = None
 
     @property
@@ -198,7 +199,7 @@ class InferBench:
         start = time.perf_counter()
         self.compiled = jax.jit(forward).lower(self.params, self.images, self.rng).compile()
         self.compile_seconds = time.perf_counter() - start
-        self.flops = xla_flops(self.compiled, self.partitions)
+        self.flops = flops.compiled_flops(self.compiled, self.partitions)
 
     def call(self) -> None:
         jax.block_until_ready(self.compiled(self.params, self.images, self.rng))

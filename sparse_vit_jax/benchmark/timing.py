@@ -108,23 +108,6 @@ def peak_rss_mb() -> float:
     return peak / (2**20 if sys.platform == 'darwin' else 2**10)
 
 
-def xla_flops(compiled: Any, partitions: int = 1) -> float | None:
-    """FLOPs of a compiled executable by XLA's cost analysis (a multiply-add counts 2).
-
-    XLA reports the program of ONE partition: a batch sharded over `partitions` devices is
-    counted `partitions` times over. None when the backend gives no count.
-    """
-    try:
-        analysis = compiled.cost_analysis()
-    except Exception:  # noqa: BLE001  (some backends do not implement it)
-        return None
-    if isinstance(analysis, (list, tuple)):  # older JAX: one dict per program
-        analysis = analysis[0] if analysis else None
-    if not analysis or 'flops' not in analysis:
-        return None
-    return float(analysis['flops']) * partitions
-
-
 def environment() -> dict[str, Any]:
     """Where and when a measurement ran: enough to tell two machines or two setups apart."""
     devices = jax.devices()
