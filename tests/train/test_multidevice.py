@@ -2,8 +2,9 @@
 
 Tolerance: gradients are summed in a different order across devices, so float32 gradients differ
 by rounding (observed 7e-7 relative). Adam divides by sqrt(v), which magnifies that rounding for
-near-zero gradients, so after 3 steps we require every param within 1e-5 absolute (params are
-O(0.02–1), the learning rate 1e-3) and identical masks.
+near-zero gradients (observed up to 1.1e-5 after 3 steps), so we require every param within 3e-5
+absolute — 3% of one step at lr 1e-3, while a step that failed to combine the devices' gradients
+would be off by ~lr — and identical masks.
 """
 
 import json
@@ -62,7 +63,7 @@ def _check(output):
     results = [json.loads(line) for line in output.strip().splitlines()]
     assert [r['spec'] for r in results] == ['P()', "P(None, 'fsdp')"]
     for r in results:
-        assert r['diff'] < 1e-5, r  # params are O(0.02–1); lr is 1e-3
+        assert r['diff'] < 3e-5, r  # params are O(0.02–1); lr is 1e-3 (see the docstring)
         assert r['same_masks'], r  # identical topology decisions
         assert r['moments_like_params'] and r['masks_like_params'], r
 
