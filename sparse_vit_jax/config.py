@@ -156,6 +156,10 @@ def imagenet_config(model: str) -> ml_collections.ConfigDict:
     return c
 
 
+# Compute dtypes; params stay float32 either way.
+COMPUTE_DTYPES = ('float32', 'bfloat16')
+
+
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise ValueError(message)
@@ -168,6 +172,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
         name in MODEL_CONFIGS,
         f'config.model.name={c.model.name!r} is not a registered model; '
         f'choose one of {sorted(MODEL_CONFIGS)}',
+    )
+    _check(
+        c.model.dtype in COMPUTE_DTYPES,
+        f'config.model.dtype={c.model.dtype!r}; choose one of {COMPUTE_DTYPES}',
     )
     _check(c.batch_size > 0, f'config.batch_size must be positive, got {c.batch_size}')
     _check(c.num_epochs > 0, f'config.num_epochs must be positive, got {c.num_epochs}')
