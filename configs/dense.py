@@ -1,4 +1,4 @@
-"""Dense DeiT on ImageNet with the DeiT recipe (the paper's baselines; REFERENCE.md §4).
+"""Dense DeiT on ImageNet with the DeiT recipe (the paper's baselines; docs/reference.md §5).
 
     python tools/train.py --config configs/dense.py:model=deit_small --workdir runs/deit_s
 

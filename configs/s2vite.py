@@ -12,13 +12,15 @@ Args:
     improved (see README).
   seed.
 
-The recipe is the official scripts' (REFERENCE.md §4.2): the DeiT recipe for 600 epochs, ΔT =
-15000 steps at global batch 512 for Tiny and Small, and for Base global batch 1024, lr 5e-4·1024/512
-= 1e-3 (via lr_base_batch) and ΔT = 7000 at batch 1024; topology updates until t_end = 0.8 of the
-run. ΔT and the lr rescale with --config.batch_size (update_every_batch, lr_base_batch).
+The recipe is the official scripts' (docs/reference.md §5.5): the DeiT recipe for 600 epochs,
+ΔT = 15000 steps at global batch 512 for Tiny and Small, and for Base global batch 1024, lr
+5e-4·1024/512 = 1e-3 (via lr_base_batch) and ΔT = 7000 at batch 1024; topology updates until
+t_end = 0.8 of the run. ΔT and the lr rescale with --config.batch_size (update_every_batch,
+lr_base_batch).
 
 The paper's (head_density, neuron_density) pairs and the units kept per block, int(H·d) heads
-and int(mlp·d) neurons (REFERENCE.md §2.1; 0.7/0.6 is the "40% structured" released Base model):
+and int(mlp·d) neurons (docs/reference.md §3.1; 0.7/0.6 is the "40% structured" released Base
+model):
 
   | pair       | heads Tiny / Small / Base | neurons Tiny / Small / Base |
   |------------|---------------------------|-----------------------------|

@@ -6,7 +6,7 @@ Settings as the official scripts: 600 epochs, ERK initial distribution, magnitud
 gradient grow, prune rate cosine 0.5 → 0.005, ΔT = 15000 (Tiny/Small, global batch 512) or
 7000 (Base, global batch 1024) rescaled to the run's batch, updates until t_end = 0.8.
 
-Published top-1 (REFERENCE.md §6): SViTE-Base density 0.6 ("40% sparse") 81.56 (released
+Published top-1 (docs/reference.md §7): SViTE-Base density 0.6 ("40% sparse") 81.56 (released
 checkpoint); SViTE-Small density 0.5 ≈ 79.7 (read off the repository figure). Dense DeiT
 references: Tiny 72.2, Small 79.8, Base 81.8.
 Args: model, density, fidelity=reference|improved, epochs.

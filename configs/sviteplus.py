@@ -15,17 +15,17 @@ Args:
     10 / 30 / 50 % "data sparsity").
   tau: 'head' = linear 10 -> 0.1, the official code since commit b0c62fd ("fix-tau") | 'paper' =
     0.1 -> 10, the code the paper's runs used. tau never changes which tokens are selected, only
-    the scale of the straight-through gradient (REFERENCE.md §3.2). Default 'head': the authors'
-    own correction.
+    the scale of the straight-through gradient (docs/reference.md §4.2). Default 'head': the
+    authors' own correction.
   token_mode: drop | zero; token_eval: topk | gumbel. Empty (default): follow `fidelity`
     (reference: zero + gumbel, what the official code measures; improved: drop + topk).
   layerwise: also a selector in every block (the official `*_data` models).
   fidelity: reference | improved; epochs; seed.
 
-Recipe as the official scripts (REFERENCE.md §4.2): DeiT for 600 epochs, ΔT = 15000 at global
+Recipe as the official scripts (docs/reference.md §5.5): DeiT for 600 epochs, ΔT = 15000 at global
 batch 512 (Tiny, Small) or 7000 at 1024 (Base, lr 1e-3 through lr_base_batch), updates until
-t_end = 0.8. Published (REFERENCE.md §6): SViTE+-Small density 0.5, k = 187: 80.18; k = 177:
-79.91. Caveat (REFERENCE.md §3.4): those runs predate the mask-key fix, so only the patch
+t_end = 0.8. Published (docs/reference.md §7): SViTE+-Small density 0.5, k = 187: 80.18; k = 177:
+79.91. Caveat (docs/reference.md §4.4): those runs predate the mask-key fix, so only the patch
 embedding was actually sparse; ours are sparse at the stated density.
 """
 

@@ -64,7 +64,7 @@ def model_config(name: str, **overrides: Any) -> ml_collections.ConfigDict:
 
 
 def base_config() -> ml_collections.ConfigDict:
-    """Defaults: the DeiT recipe on ImageNet (REFERENCE.md §4) with every method switched off."""
+    """Defaults: the DeiT recipe on ImageNet (docs/reference.md §5), every method switched off."""
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.model = model_config('deit_small_patch16_224')
@@ -137,7 +137,7 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
-# The paper's per-size settings (REFERENCE.md §4.2): global batch and ΔT at that batch.
+# The paper's per-size settings (docs/reference.md §5.5): global batch and ΔT at that batch.
 PAPER_BATCH = {'deit_tiny': 512, 'deit_small': 512, 'deit_base': 1024}
 PAPER_UPDATE_EVERY = {'deit_tiny': 15_000, 'deit_small': 15_000, 'deit_base': 7_000}
 

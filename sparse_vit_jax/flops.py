@@ -1,4 +1,5 @@
-"""FLOPs of a ViT: the paper's convention (REFERENCE.md §5) and XLA's count of the compiled forward.
+"""FLOPs of a ViT: the paper's convention (docs/reference.md §6) and XLA's count of the compiled
+forward.
 
 Paper convention: multiply-accumulates (MACs) per image, counting only
 
@@ -133,7 +134,7 @@ def paper_macs(
     channels: int = 3,
     distribution: str = 'erk',
 ) -> float:
-    """MACs per image in the paper's convention (REFERENCE.md §5).
+    """MACs per image in the paper's convention (docs/reference.md §6).
 
     model_kwargs: VisionTransformer fields, e.g. `models.model_kwargs('deit_small')`.
     density: unstructured (SViTE) overall density; head_density / neuron_density: structured

@@ -233,7 +233,7 @@ def test_vs_timm_without_torch_says_how_to_install_it():
     result = _tool('train', '--model', 'vit_test', '--vs_timm')
     assert result.returncode == 1
     assert 'Traceback' not in result.stderr
-    assert 'error: ' in result.stderr and 'ENVIRONMENT.md §1' in result.stderr
+    assert 'error: ' in result.stderr and 'docs/benchmarks.md' in result.stderr
     assert 'PYTHONPATH=.:/tmp/torch_timm' in result.stderr
 
 

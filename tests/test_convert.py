@@ -12,9 +12,9 @@ torch is on the package index), from the repository root:
         sympy mpmath networkx filelock jinja2 huggingface_hub
     PYTHONPATH=.:/tmp/torch_timm python -m pytest tests/test_convert.py -k 'timm or pth' -rs
 
-timm imports torchvision, whose PyPI wheels need CUDA torch (ENVIRONMENT.md §1); when it does
-not import, the test puts a stub of the few names timm touches in its place
-(sparse_vit_jax/benchmark/timm_torch.py, shared with `tools/benchmark.py --vs_timm`).
+timm imports torchvision, whose PyPI wheels need CUDA torch (docs/benchmarks.md, "Installing
+torch and timm"); when it does not import, the test puts a stub of the few names timm touches in
+its place (sparse_vit_jax/benchmark/timm_torch.py, shared with `tools/benchmark.py --vs_timm`).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""FLOPs: the paper's convention (REFERENCE.md §5) against its published points, monotone savings,
-XLA's count of the compiled forward, and tools/flops.py."""
+"""FLOPs: the paper's convention (docs/reference.md §6) against its published points, monotone
+savings, XLA's count of the compiled forward, and tools/flops.py."""
 
 import importlib.util
 import json
@@ -20,7 +20,7 @@ TINY, SMALL, BASE = (model_kwargs(n) for n in ('deit_tiny', 'deit_small', 'deit_
 
 
 def _hand_macs(dim, heads, tokens=197, hidden=None, classes=1000):
-    """REFERENCE.md §5 written out once more, independently of flops.py."""
+    """docs/reference.md §6 written out once more, independently of flops.py."""
     hd, hidden = dim // heads, hidden or 4 * dim
     block = tokens * dim * 3 * dim + 2 * heads * tokens**2 * hd + tokens * dim * dim
     block += 2 * tokens * dim * hidden
@@ -109,7 +109,7 @@ def test_fewer_tokens_always_save_more_at_any_structured_point(heads, neurons, k
 
 def test_xla_flops_of_the_dense_tiny_forward():
     """2.535 GFLOP per image: 2 per MAC of the 1.2537 GMACs (2.507), plus softmax, GELU and
-    LayerNorm. (ENVIRONMENT.md §5 has 2.645 for jax.nn.dot_product_attention, which normalizes
+    LayerNorm. (It was 2.645 with jax.nn.dot_product_attention, docs/benchmarks.md, which normalizes
     the N×N attention weights; models/vit.py:attention normalizes the N×hd output instead.)"""
     assert flops.xla_flops(TINY) / 1e9 == pytest.approx(2.535, rel=0.01)
 

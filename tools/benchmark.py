@@ -11,8 +11,8 @@ train|infer --model: images/s of the real train step (DeiT AdamW, dense) or the 
 inputs: median over --steps timed steps after --warmup, step time median/p10/p90, compile
 seconds, peak RSS, XLA GFLOPs per image and achieved GFLOP/s, also as a fraction of a large
 matmul's rate timed in the same run (the machine's practical ceiling). --vs_timm adds timm in
-PyTorch on the same machine (torch and timm are optional: shared/docs/ENVIRONMENT.md §1),
-measured in alternating blocks of --block steps, and ratio = JAX / timm.
+PyTorch on the same machine (torch and timm are optional; docs/benchmarks.md says how to install
+them), measured in alternating blocks of --block steps, and ratio = JAX / timm.
 
 train --config: the config's sparse train step against dense (overhead, the topology update
 amortized over ΔT). infer --config: the deployed model (slim S²ViTE, dropped tokens) against

@@ -1,4 +1,5 @@
-"""FLOPs of a config's model in the paper's convention (REFERENCE.md §5) and as XLA counts them.
+"""FLOPs of a config's model in the paper's convention (docs/reference.md §6) and as XLA counts
+them.
 
   python tools/flops.py --config configs/sviteplus.py:model=deit_small,keep_tokens=187 [--json]
 

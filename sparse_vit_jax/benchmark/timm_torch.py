@@ -2,8 +2,8 @@
 
 torch and timm are optional and never project dependencies; they are imported only here and
 only when asked for. timm imports torchvision, whose PyPI wheels need a CUDA build of torch
-(shared/docs/ENVIRONMENT.md §1); where it does not import, a stub with the few names timm touches
-at import time takes its place (as tests/test_convert.py does).
+(docs/benchmarks.md, "Installing torch and timm"); where it does not import, a stub with the few
+names timm touches at import time takes its place (as tests/test_convert.py does).
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from sparse_vit_jax.benchmark.timing import Runner
 from sparse_vit_jax.errors import UserError
 
 SETUP = (
-    'Install them outside the project, as shared/docs/ENVIRONMENT.md §1 describes, e.g. '
-    '`python -m pip install --target /tmp/torch_timm --no-deps torch==2.13.0 timm==1.0.31 sympy '
-    'mpmath networkx filelock jinja2 huggingface_hub pyyaml safetensors`, then run with '
-    'PYTHONPATH=.:/tmp/torch_timm'
+    'Install them outside the project, as docs/benchmarks.md ("Installing torch and timm") '
+    'describes, e.g. `python -m pip install --target /tmp/torch_timm --no-deps torch==2.13.0 '
+    'timm==1.0.31 sympy mpmath networkx filelock jinja2 huggingface_hub pyyaml safetensors`, '
+    'then run with PYTHONPATH=.:/tmp/torch_timm'
 )
 
 

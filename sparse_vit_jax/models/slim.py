@@ -8,8 +8,8 @@ fc2 rows), so its shapes differ per block (``num_heads``/``mlp_dim`` tuples, exp
 
 - 'improved': pruned heads and neurons are gated to 0 in the forward pass, so they contribute
   nothing and are simply dropped.
-- 'reference': there are no gates (REFERENCE.md §2.3). A pruned head's k and v kernel columns are
-  0, so its keys are the constant b_k (uniform attention) and its values the constant b_v: it
+- 'reference': there are no gates (docs/reference.md §3.4). A pruned head's k and v kernel columns
+  are 0, so its keys are the constant b_k (uniform attention) and its values the constant b_v: it
   emits b_v for every token, which the dense proj turns into the constant b_v,h · W_proj[h rows].
   That constant is folded into proj.bias. A pruned neuron's fc2 row is 0, so it contributes
   nothing whatever GELU(b1_j) is. Both zero facts are checked, not assumed: if they do not hold

@@ -1,7 +1,7 @@
 """SViTE+ learnable token selector: Gumbel top-k sampling with a straight-through estimator.
 
-The official selector (REFERENCE.md §3) is a ``Linear(D, 1)`` scorer over every token (class token
-included) followed by::
+The official selector (docs/reference.md §4.1) is a ``Linear(D, 1)`` scorer over every token
+(class token included) followed by::
 
     logits = log_softmax(s); soft = softmax((logits + g) / tau), g ~ Gumbel(0, 1)
     hard = one-hot of top-k(soft); mask = hard - stop_gradient(soft) + soft   # straight-through

@@ -61,7 +61,7 @@ def _map_leaves(fn: Callable[[Path, Any], Any], tree: Tree, prefix: Path = ()) -
 
 
 def is_prunable(path: Path, leaf: Any) -> bool:
-    """True for 2-D and 4-D leaves outside the token selector (REFERENCE.md §1.1).
+    """True for 2-D and 4-D leaves outside the token selector (docs/reference.md §2.1).
 
     On DeiT params this is exactly the patch conv, every qkv, attn proj, fc1, fc2 and the head:
     biases and LayerNorm params are 1-D, cls_token and pos_embed are 3-D.

@@ -3,7 +3,7 @@
 All three functions are jittable with a traced `prune_rate` (static shapes, no Python branching on
 values) and `head_prune_grow` / `neuron_prune_grow` vmap over a leading block axis. Called with
 their defaults they reproduce the official SViTE code decision by decision, quirks included
-(REFERENCE.md §1.5, §2.2, §9). Improved behaviour is an explicit keyword (`exact=True`).
+(docs/reference.md §2.5, §3.2, §3.3). Improved behaviour is an explicit keyword (`exact=True`).
 
 Tie-breaking. The reference sorts with `torch.sort`/`torch.argsort`, whose order among equal keys
 is implementation-defined (unstable on CPU, different on CUDA). Here every "take the first k"

@@ -25,7 +25,7 @@ def _load_config_module():
 
 s2vite = _load_config_module()
 
-# REFERENCE.md §2.1, written out by hand: (heads, neurons) kept per block.
+# docs/reference.md §3.1, written out by hand: (heads, neurons) kept per block.
 KEPT = {
     (0.7, 0.7): {'deit_tiny': (2, 537), 'deit_small': (4, 1075), 'deit_base': (8, 2150)},
     (0.7, 0.6): {'deit_tiny': (2, 460), 'deit_small': (4, 921), 'deit_base': (8, 1843)},

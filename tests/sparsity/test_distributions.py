@@ -1,4 +1,4 @@
-"""ERK and uniform layer densities: golden values from REFERENCE.md §1.2 and §9 items 1-2."""
+"""ERK and uniform layer densities: golden values from docs/reference.md §2.2."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,5 @@
-"""Prunable-set selection, initial masks and density statistics (REFERENCE.md §1.1, §1.2, §2.1)."""
+"""Prunable-set selection, initial masks and density statistics (docs/reference.md §2.1, §2.2,
+§3.1)."""
 
 import jax
 import jax.numpy as jnp

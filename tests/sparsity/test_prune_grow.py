@@ -1,6 +1,7 @@
 """Hand-computed cases for the three prune/grow updates, plus jit and vmap equivalence.
 
-Every expected mask below was worked out by hand from the rules in REFERENCE.md §1.5, §2.2 and §9.
+Every expected mask below was worked out by hand from the rules in docs/reference.md §2.5, §3.2
+and §3.3.
 """
 
 import jax

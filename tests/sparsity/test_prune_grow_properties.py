@@ -1,5 +1,5 @@
 """Property tests: the JAX updates against small NumPy/Python re-statements of the reference
-rules (REFERENCE.md §1.5, §2.2, §9), written independently of the implementation, plus the
+rules (docs/reference.md §2.5, §3.2, §3.3), written independently of the implementation, plus the
 invariants the rules imply.
 
 Inputs are tie-heavy on purpose (small integers, many zeros) so ties, active exact zeros and

@@ -1,4 +1,5 @@
-"""Prune-rate cosine, update-step predicate, ΔT rescaling and Gumbel tau (REFERENCE.md §1.4, §9)."""
+"""Prune-rate cosine, update-step predicate, ΔT rescaling and Gumbel tau (docs/reference.md
+§2.4, §4.2)."""
 
 import math
 
