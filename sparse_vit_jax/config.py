@@ -9,6 +9,7 @@ rejected by ``ml_collections`` (the config is locked) and bad values by :func:`v
 from __future__ import annotations
 
 import ast
+import dataclasses
 from typing import Any
 
 import ml_collections
@@ -16,8 +17,54 @@ from ml_collections import config_dict
 
 from sparse_vit_jax.models import ALIASES, MODEL_CONFIGS, model_kwargs
 
-METHODS = ('dense', 'svite', 's2vite', 'sviteplus', 's2viteplus')
 FIDELITIES = ('reference', 'improved')
+REGROWN_MOMENTS = ('', 'reset', 'keep')
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """What a `config.sparsity.method` implies. Code asks `method(name)` rather than testing names.
+
+    Attributes:
+      masks: 'none' (dense), 'weights' (SViTE: one mask per prunable weight, ERK densities) or
+        'units' (S²ViTE: attention heads and MLP neurons, `head_density`/`neuron_density`).
+      dynamic: prune and grow every ΔT until t_end; False keeps the initial masks all run long
+        (the static baselines: the same initial draw, never updated).
+      tokens: a learnable token selector (SViTE+; `config.tokens.keep` tokens kept).
+    """
+
+    name: str
+    masks: str
+    dynamic: bool
+    tokens: bool
+
+    @property
+    def sparse(self) -> bool:
+        return self.masks != 'none'
+
+    @property
+    def structured(self) -> bool:
+        return self.masks == 'units'
+
+
+_METHODS = (
+    Method('dense', masks='none', dynamic=False, tokens=False),
+    Method('svite', masks='weights', dynamic=True, tokens=False),
+    Method('s2vite', masks='units', dynamic=True, tokens=False),
+    Method('sviteplus', masks='weights', dynamic=True, tokens=True),
+    Method('s2viteplus', masks='units', dynamic=True, tokens=True),
+    Method('static', masks='weights', dynamic=False, tokens=False),
+    Method('s2static', masks='units', dynamic=False, tokens=False),
+)
+METHODS = tuple(m.name for m in _METHODS)
+
+
+def method(name: str) -> Method:
+    """The traits of sparsity method `name`; unknown names are refused listing the choices."""
+    for m in _METHODS:
+        if m.name == name:
+            return m
+    raise ValueError(f'config.sparsity.method={name!r}; choose one of {METHODS}')
 
 
 def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
@@ -124,6 +171,9 @@ def base_config() -> ml_collections.ConfigDict:
             final_prune_rate=0.005,
             head_density=1.0,
             neuron_density=1.0,
+            # Adam moments of regrown weights: '' = the fidelity's choice (reference: kept, as
+            # the official code; improved: see README), or 'reset' / 'keep' for an ablation.
+            regrown_moments='',
         )
     )
     c.tokens = ml_collections.ConfigDict(
@@ -204,6 +254,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
     )
     _check(0 < s.t_end <= 1, f'config.sparsity.t_end must be in (0, 1], got {s.t_end}')
     _check(
+        s.regrown_moments in REGROWN_MOMENTS,
+        f'config.sparsity.regrown_moments={s.regrown_moments!r}; choose one of {REGROWN_MOMENTS} '
+        "('' follows the fidelity)",
+    )
+    _check(
         0 <= s.final_prune_rate <= s.prune_rate <= 1,
         'config.sparsity needs 0 <= final_prune_rate <= prune_rate <= 1, got '
         f'{s.final_prune_rate} and {s.prune_rate}',
@@ -222,7 +277,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
             )
     t = c.tokens
     tokens = 1 + (c.model.image_size // c.model.patch_size) ** 2
-    if s.method in ('sviteplus', 's2viteplus') or t.keep:
+    if method(s.method).tokens or t.keep:
         _check(
             1 <= t.keep <= tokens,
             f'config.tokens.keep={t.keep} must be between 1 and the sequence length {tokens} '

@@ -12,14 +12,10 @@ import copy
 import os
 from typing import Any
 
-import jax
-
-from sparse_vit_jax.models import create_model_from_config
+from sparse_vit_jax import config as config_lib
 from sparse_vit_jax.models import slim as slim_lib
+from sparse_vit_jax.train import evaluation
 from sparse_vit_jax.train.checkpoint import Checkpointer
-from sparse_vit_jax.train.state import init_params
-
-STRUCTURED_METHODS = ('s2vite', 's2viteplus')
 
 
 class SlimExportError(ValueError):
@@ -37,23 +33,17 @@ def slim_run_config(config: dict[str, Any], overrides: dict[str, Any]) -> dict[s
     return config
 
 
-def _restore_structured_run(workdir: str, step: int | None) -> tuple[dict, Any, Any, Any]:
-    """(meta, model, params, masks) of a structured run's checkpoint; refuses other runs."""
-    checkpointer = Checkpointer(workdir, create=False)
-    meta = checkpointer.meta(step)
-    config = meta['config']
-    method = config['sparsity']['method']
-    if method not in STRUCTURED_METHODS or not meta['has_masks']:
+def _restore_structured_run(workdir: str, step: int | None):
+    """The restored model (`evaluation.restore_model`: the run's model and token selectors,
+    params and masks) of a structured run's checkpoint; refuses other runs."""
+    restored = evaluation.restore_model(workdir, step=step)
+    name = restored.config.sparsity.method
+    if not config_lib.method(name).structured or restored.masks is None:
         raise SlimExportError(
             'this run has no head/neuron masks; slim export needs an S²ViTE run '
-            f'(method=s2vite), but {workdir} is method={method}'
+            f'(method=s2vite), but {workdir} is method={name}'
         )
-    model = create_model_from_config(config['model'])
-    size = config['model']['image_size']
-    shape = (size, size, len(config['data']['mean']))
-    params_shape = jax.eval_shape(lambda: init_params(model, jax.random.key(0), shape))
-    params, masks = checkpointer.restore_model(params_shape, step=meta['step'])
-    return meta, model, params, masks
+    return restored
 
 
 def export_slim(workdir: str, out: str, step: int | None = None) -> dict[str, Any]:
@@ -62,14 +52,16 @@ def export_slim(workdir: str, out: str, step: int | None = None) -> dict[str, An
     Returns what was written: the output directory, the step, fidelity, kept heads and neurons
     per block, and the parameter counts before and after.
     """
-    meta, model, params, masks = _restore_structured_run(workdir, step)
+    restored = _restore_structured_run(workdir, step)
+    params, masks = restored.params, restored.masks
     try:
         slim_lib.unit_masks(masks)
     except ValueError as error:
         raise SlimExportError(str(error)) from None
+    meta = Checkpointer(workdir, create=False).meta(restored.step)
     fidelity = meta['config']['sparsity']['fidelity']
     params_slim, overrides = slim_lib.slim_params(
-        params, masks, fidelity=fidelity, head_dim=model.resolved_head_dim
+        params, masks, fidelity=fidelity, head_dim=restored.model.resolved_head_dim
     )
     target = Checkpointer(out)  # created only once there is something to write
     if target.latest_step() is not None:

@@ -264,11 +264,13 @@ def report_from_config(config: Any, *, xla: bool = True) -> dict[str, Any]:
         if isinstance(kwargs.get(field), list):
             kwargs[field] = tuple(kwargs[field])
     kwargs.update(token_overrides(config.tokens))
+    from sparse_vit_jax.config import method
+
     s = config.sparsity
     densities: dict[str, float] = {}
-    if s.method in ('svite', 'sviteplus'):
+    if method(s.method).masks == 'weights':
         densities = dict(density=s.density)
-    elif s.method in ('s2vite', 's2viteplus'):
+    elif method(s.method).structured:
         densities = dict(head_density=s.head_density, neuron_density=s.neuron_density)
     return report(
         kwargs,

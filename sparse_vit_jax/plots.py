@@ -274,3 +274,43 @@ def accuracy_vs_flops_figure(results: Sequence[Mapping], *, title: str = '') -> 
         axis.set_title(title, fontsize=9)
     figure.tight_layout()
     return figure
+
+
+FAMILY_MARKERS = {'dense': 'o', 'static': 'X', 'svite': 's', 's2static': 'P', 's2vite': 'D'}
+
+
+def study_figure(summary: Sequence[Mapping], *, title: str) -> Figure:
+    """Top-1 against MMACs per image for a study: one point per row at its mean over seeds, with
+    the seeds' standard deviation as error bars, one marker per method family, one colour per
+    row, and no lines joining rows (different methods are not a curve).
+
+    summary: `sparse_vit_jax.study.summarize` rows (name, description, family, mean, std,
+      mmacs, top1 per seed).
+    """
+    figure = Figure(figsize=(7.5, 5))
+    axis = figure.subplots()
+    colours = iter(
+        [f'C{i}' for i in range(10)] + ['black', 'grey', 'olive', 'navy', 'maroon', 'teal']
+    )
+    others = iter('v^<>*hp')
+    markers = dict(FAMILY_MARKERS)
+    for row in summary:
+        marker = markers.setdefault(row['family'], next(others))
+        axis.errorbar(
+            row['mmacs'],
+            row['mean'],
+            yerr=row['std'] or 0.0,
+            marker=marker,
+            linestyle='none',
+            capsize=3,
+            markersize=6,
+            color=next(colours),
+            label=f"{row['description']} (n={len(row['top1'])})",
+        )
+    axis.set_xlabel('MMACs per image (paper convention)', fontsize=8)
+    axis.set_ylabel('test top-1 (%), mean ± std over seeds', fontsize=8)
+    axis.legend(fontsize=6, loc='lower right')
+    axis.grid(alpha=0.3)
+    axis.set_title(title, fontsize=9)
+    figure.tight_layout()
+    return figure

@@ -1,37 +1,60 @@
-"""The Fashion-MNIST comparison's results table (tools/compare_fashion.py)."""
+"""The Fashion-MNIST study's bookkeeping (sparse_vit_jax.study, used by tools/compare_fashion.py):
+the run log survives a torn line, finished runs are recognized by their exact settings, and the
+table gives mean ± std over seeds with every seed's value."""
 
-import importlib.util
 import os
+import sys
+
+from sparse_vit_jax import config as config_lib
+from sparse_vit_jax import study
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, 'configs'))
+import fashion_mnist  # noqa: E402
 
 
-def _tool():
-    path = os.path.join(ROOT, 'tools', 'compare_fashion.py')
-    spec = importlib.util.spec_from_file_location('compare_fashion', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _run(name, seed, top1, **fields):
+def _record(row, seed, top1, **fields):
     return dict(
-        dict(name=name, seed=seed, top1=top1, description=name, nonzero_params=50, num_params=100),
+        name=row.name,
+        key=row.key,
+        seed=seed,
+        top1=top1,
         gmacs=0.00128,
-        saving=0.472,
+        nonzero_params=71878,
+        train_seconds=360.0,
+        epochs=15.0,
         **fields,
     )
 
 
-def test_table_rows_follow_the_method_order_with_mean_std_and_every_seed():
-    tool = _tool()
-    results = [
-        _run('svite_0.5', 0, 0.8798),
-        _run('dense', 1, 0.8919),
-        _run('dense', 0, 0.8894),
-    ]
-    table = tool.markdown(results, ['0', '1']).splitlines()
-    dense, svite = table[4], table[5]  # header line, blank, column names, rule, rows
-    assert dense.startswith('| dense | 89.06 ± 0.18 | 89.19 (s1), 88.94 (s0) | 50 / 100 | 1.28 |')
-    assert svite.startswith('| svite_0.5 | 87.98 | 87.98 (s0) |')  # one seed: no spread
-    assert dense.endswith('| 47.2% |') and len(table) == 6
+def test_log_resume_and_table(tmp_path):
+    dense, svite = study.ROWS['dense'], study.ROWS['svite_0.5_ref']
+    path = str(tmp_path / 'runs' / 'log.jsonl')
+    for record in (_record(svite, 0, 0.8798), _record(dense, 1, 0.8919), _record(dense, 0, 0.8894)):
+        study.append_log(path, record)
+    with open(path, 'a') as f:
+        f.write('{"name": "dense", "se')  # a run killed while logging
+    records = study.read_log(path)
+    assert len(records) == 3
+    assert study.finished(records, dense, 0)['top1'] == 0.8894
+    assert study.finished(records, svite, 1) is None
+    changed = study.Row('dense', 'method=dense,width=32', 'changed', 'dense')
+    assert study.finished(records, changed, 0) is None  # other settings: run again
+
+    summary = study.summarize(records, [dense, svite])
+    assert [s['seeds'] for s in summary] == [[0, 1], [0]]
+    table = study.markdown(summary).splitlines()
+    assert table[2].startswith('| dense ViT (width 64) | 89.06 ± 0.18 | 88.94 (s0), 89.19 (s1) |')
+    assert table[2].endswith('| 71,878 | 1.28 | 6.0 |')
+    assert table[3].startswith('| SViTE 0.5, reference | 87.98 | 87.98 (s0) |')  # no spread
+
+
+def test_every_row_is_a_valid_config():
+    for row in study.ROWS.values():
+        config = fashion_mnist.get_config(f'{row.args},seed=0')
+        for override in row.overrides:
+            field, value = override.split('=')
+            section, leaf = field.split('.')
+            config[section][leaf] = type(config[section][leaf])(value)
+        config_lib.validate(config)
+        assert config.sparsity.method in config_lib.METHODS

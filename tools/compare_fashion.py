@@ -1,136 +1,168 @@
-"""Every method on Fashion-MNIST at the same seed and budget: trains what is missing, evaluates,
-counts FLOPs, and writes the results table (markdown) and a JSON list for the plots.
+"""The Fashion-MNIST study (docs/results.md): trains what is missing, evaluates, counts MACs, and
+writes the table over seeds, a results JSON and the accuracy-vs-MACs figure.
 
-  python tools/compare_fashion.py --runs runs/compare --seeds 0,1 --markdown docs/results.md
-  python tools/visualize.py accuracy --results runs/compare/results.json --out docs/figures
+  python tools/compare_fashion.py --runs runs/study --jobs 2 --nice 10 \\
+      --markdown runs/study/table.md --figure runs/study/figures
+  python tools/compare_fashion.py --runs runs/study --rows dense,svite_0.5_ref --seeds 1
 
-Runs are `tools/train.py --config configs/fashion_mnist.py:<args>,seed=S` in RUNS/<name>_s<S>;
-finished runs are reused, interrupted ones resume.
+Each (row, seed) is `tools/train.py --config configs/fashion_mnist.py:<row args>,seed=S` in
+RUNS/<row>_s<S>, then `tools/evaluate.py`. Every finished run is appended to RUNS/log.jsonl
+(config, seed, accuracy, seconds, load); runs in the log are skipped, an interrupted one resumes
+from its checkpoint. Rows: `sparse_vit_jax.study` (STUDY, then the ABLATIONS with --rows).
 """
 
+import concurrent.futures
+import datetime
 import json
 import os
-import statistics
 import subprocess
 import sys
+import time
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
+import ml_collections  # noqa: E402
 from absl import flags  # noqa: E402
 
-from sparse_vit_jax import cli, flops  # noqa: E402
-from sparse_vit_jax.train import evaluation  # noqa: E402
+from sparse_vit_jax import cli, flops, plots, study  # noqa: E402
+from sparse_vit_jax.train.checkpoint import Checkpointer  # noqa: E402
 from sparse_vit_jax.train.metrics import read_metrics  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# name -> (configs/fashion_mnist.py args, what it is)
-METHODS = {
-    'dense': ('method=dense', 'dense ViT'),
-    'svite_0.5': ('method=svite,density=0.5', 'SViTE, density 0.5'),
-    'svite_0.3': ('method=svite,density=0.3', 'SViTE, density 0.3'),
-    's2vite_0.7_0.7': (
-        'method=s2vite,head_density=0.7,neuron_density=0.7',
-        'S²ViTE, heads 0.7 / neurons 0.7',
-    ),
-    'tokens_15': ('method=sviteplus,density=1.0,keep_tokens=15', 'tokens only, 15 of 17 kept'),
-    'sviteplus_0.5_15': (
-        'method=sviteplus,density=0.5,keep_tokens=15',
-        'SViTE+: density 0.5, 15 of 17 tokens',
-    ),
-    's2viteplus_0.7_0.7_15': (
-        'method=s2viteplus,head_density=0.7,neuron_density=0.7,keep_tokens=15',
-        'S²ViTE+: heads/neurons 0.7, 15 of 17 tokens',
-    ),
-}
-
-_RUNS = flags.DEFINE_string('runs', 'runs/compare', 'Where the run workdirs go.')
-_SEEDS = flags.DEFINE_list('seeds', ['0'], 'Seeds to run every method with.')
-_ONLY = flags.DEFINE_list('only', [], 'Run only these methods (default: all).')
-_MARKDOWN = flags.DEFINE_string('markdown', None, 'Write the results table to this file.')
-_FIDELITY = flags.DEFINE_enum('fidelity', 'reference', ['reference', 'improved'], 'Fidelity.')
+_RUNS = flags.DEFINE_string('runs', 'runs/study', 'Where the run workdirs and the log go.')
+_ROWS = flags.DEFINE_list('rows', [], 'Rows to run (default: the study; see --list).')
+_SEEDS = flags.DEFINE_list('seeds', [], 'Seeds to run (default: each row its own count).')
+_JOBS = flags.DEFINE_integer('jobs', 1, 'Trainings at the same time.')
+_NICE = flags.DEFINE_integer('nice', 10, 'Niceness of the trainings (accuracy does not depend).')
+_LIST = flags.DEFINE_bool('list', False, 'List the rows and exit.')
+_MARKDOWN = flags.DEFINE_string('markdown', None, 'Write the table (markdown) to this file.')
+_FIGURE = flags.DEFINE_string('figure', None, 'Write the accuracy-vs-MACs figure to this folder.')
 
 
-def config_arg(name: str, seed: str) -> str:
-    return f'configs/fashion_mnist.py:{METHODS[name][0]},fidelity={_FIDELITY.value},seed={seed}'
+def _git_commit() -> str:
+    result = subprocess.run(
+        ['git', 'rev-parse', '--short', 'HEAD'], cwd=REPO, capture_output=True, text=True
+    )
+    return result.stdout.strip() or 'unknown'
 
 
-def train(name: str, seed: str, workdir: str) -> None:
-    command = [sys.executable, 'tools/train.py', '--config', config_arg(name, seed)]
-    print(f'[compare] training {name} seed {seed} -> {workdir}', flush=True)
-    subprocess.run([*command, '--workdir', workdir], cwd=REPO, check=True)
+def _python(*args: str) -> list[str]:
+    return ['nice', '-n', str(_NICE.value), sys.executable, *args]
 
 
-def result(name: str, seed: str, workdir: str) -> dict:
-    report = evaluation.evaluate_checkpoint(workdir)
-    config = evaluation.restore_model(workdir).config
-    macs = flops.report_from_config(config, xla=False)
+def train_seconds(workdir: str, batch: int) -> float:
+    """Training time as the run logged it (steps × batch / logged img/s, summed over its log
+    intervals), which leaves out start-up, compilation stalls between runs and evaluation."""
     records = read_metrics(workdir, 'train')
     steps = [r['step'] - p['step'] for p, r in zip([{'step': 0}] + records, records)]
-    seconds = sum(n * config.batch_size / r['images_per_sec'] for n, r in zip(steps, records))
+    return sum(n * batch / r['images_per_sec'] for n, r in zip(steps, records))
+
+
+def run_one(row: study.Row, seed: int) -> dict:
+    """Trains (or resumes) and evaluates one run; returns its log record."""
+    workdir = os.path.join(_RUNS.value, f'{row.name}_s{seed}')
+    load = os.getloadavg()[0]
+    start = time.time()
+    command = _python('tools/train.py', '--config', row.config_arg(seed), *row.flags())
+    with open(os.path.join(_RUNS.value, f'{row.name}_s{seed}.log'), 'a') as log:
+        command += ['--workdir', workdir]
+        subprocess.run(command, cwd=REPO, check=True, stdout=log, stderr=log)
+    wall = time.time() - start
+    evaluated = subprocess.run(
+        _python('tools/evaluate.py', '--workdir', workdir, '--json'),
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    report = json.loads(evaluated.stdout.strip().splitlines()[-1])
+    quality = None
+    if row.family == 'tokens':  # how much the learned selection matters (README, suspected 6)
+        selection = subprocess.run(
+            _python('tools/evaluate.py', '--workdir', workdir, '--token_selection', '--json'),
+            cwd=REPO,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        quality = json.loads(selection.stdout.strip().splitlines()[-1])
+    config = ml_collections.ConfigDict(Checkpointer(workdir, create=False).meta()['config'])
+    macs = flops.report_from_config(config, xla=False)
     return {
-        'name': name,
-        'seed': int(seed),
+        'name': row.name,
+        'key': row.key,
+        'seed': seed,
+        'family': row.family,
         'method': config.sparsity.method,
-        'description': METHODS[name][1],
+        'fidelity': config.sparsity.fidelity,
+        'epochs': config.num_epochs,
         'top1': report['top1'],
         'top5': report['top5'],
         'loss': report['loss'],
-        'density': report.get('density', 1.0),
         'nonzero_params': report['nonzero_params'],
         'num_params': report['num_params'],
         'gmacs': macs['gmacs'],
         'dense_gmacs': macs['dense_gmacs'],
-        'saving': macs['saving'],
-        'train_seconds': seconds,
-        'step': report['step'],
+        'train_seconds': train_seconds(workdir, config.batch_size),
+        'token_selection': quality,
+        'wall_seconds': wall,
+        'load_start': load,
+        'load_end': os.getloadavg()[0],
+        'commit': _git_commit(),
+        'date': datetime.datetime.now().isoformat(timespec='seconds'),
+        'workdir': workdir,
     }
-
-
-def markdown(results: list[dict], seeds: list[str]) -> str:
-    rows = []
-    for name in METHODS:
-        runs = [r for r in results if r['name'] == name]
-        if not runs:
-            continue
-        top1 = [100 * r['top1'] for r in runs]
-        spread = f' ± {statistics.stdev(top1):.2f}' if len(top1) > 1 else ''
-        per_seed = ', '.join(f"{t:.2f} (s{r['seed']})" for t, r in zip(top1, runs))
-        first = runs[0]
-        rows.append(
-            f"| {first['description']} | {statistics.mean(top1):.2f}{spread} | {per_seed} | "
-            f"{first['nonzero_params']:,} / {first['num_params']:,} | "
-            f"{1000 * first['gmacs']:.2f} | {first['saving']:.1%} |"
-        )
-    header = (
-        f'Seeds: {", ".join(seeds)} (top-1: the mean over the seeds run, ± their std).\n\n'
-        '| run | test top-1 (%) | per seed | nonzero / all params | MMACs per image | FLOPs saving |\n'
-        '|---|---|---|---|---|---|\n'
-    )
-    return header + '\n'.join(rows) + '\n'
 
 
 def main(argv):
     del argv
-    names = _ONLY.value or list(METHODS)
-    unknown = set(names) - set(METHODS)
+    if _LIST.value:
+        for row in study.ROWS.values():
+            print(f'{row.name:24s} {row.seeds} seeds  {row.key}')
+        return
+    names = _ROWS.value or [row.name for row in study.STUDY]
+    unknown = sorted(set(names) - set(study.ROWS))
     if unknown:
-        raise ValueError(f'unknown methods {sorted(unknown)}; choose from {list(METHODS)}')
-    results = []
-    for seed in _SEEDS.value:
-        for name in names:
-            workdir = os.path.join(_RUNS.value, f'{name}_s{seed}')
-            train(name, seed, workdir)  # a finished run only re-evaluates
-            results.append(result(name, seed, workdir))
-            print(f"[compare] {name} seed {seed}: top-1 {results[-1]['top1']:.4f}", flush=True)
+        raise ValueError(f'unknown rows {unknown}; --list shows them')
+    rows = [study.ROWS[name] for name in names]
+    log_path = os.path.join(_RUNS.value, 'log.jsonl')
     os.makedirs(_RUNS.value, exist_ok=True)
-    with open(os.path.join(_RUNS.value, 'results.json'), 'w') as f:
-        json.dump(results, f, indent=1)
-    table = markdown(results, _SEEDS.value)
+    done = study.read_log(log_path)
+    todo = []
+    for row in rows:
+        seeds = [int(s) for s in _SEEDS.value] or list(range(row.seeds))
+        todo += [(row, seed) for seed in seeds if study.finished(done, row, seed) is None]
+    print(f'[study] {len(todo)} runs to do, {_JOBS.value} at a time', flush=True)
+    with concurrent.futures.ThreadPoolExecutor(_JOBS.value) as pool:
+        futures = {pool.submit(run_one, row, seed): (row, seed) for row, seed in todo}
+        for future in concurrent.futures.as_completed(futures):
+            row, seed = futures[future]
+            try:
+                record = future.result()
+            except subprocess.CalledProcessError as error:
+                print(f'[study] {row.name} seed {seed} failed ({error}); see its .log', flush=True)
+                continue
+            study.append_log(log_path, record)
+            print(
+                f"[study] {row.name} seed {seed}: top-1 {100 * record['top1']:.2f}, "
+                f"{record['train_seconds'] / 60:.1f} min logged",
+                flush=True,
+            )
+    summary = study.summarize(study.read_log(log_path), rows)
+    with open(os.path.join(_RUNS.value, 'summary.json'), 'w') as f:
+        json.dump(summary, f, indent=1)
+    table = study.markdown(summary)
     print(table)
     if _MARKDOWN.value:
         with open(_MARKDOWN.value, 'w') as f:
             f.write(table)
+    if _FIGURE.value:
+        figure = plots.study_figure(summary, title='Fashion-MNIST: test top-1 vs MACs per image')
+        os.makedirs(_FIGURE.value, exist_ok=True)
+        path = os.path.join(_FIGURE.value, 'accuracy_vs_macs.png')
+        figure.savefig(path, dpi=150)
+        print(f'[study] figure: {path}')
 
 
 if __name__ == '__main__':

@@ -1,9 +1,12 @@
 """Evaluate the latest (or a given) checkpoint of a workdir on its eval split.
 
   python tools/evaluate.py --workdir runs/fashion [--step N] [--json]
+  python tools/evaluate.py --workdir runs/tokens --token_selection [--json]
 
 Prints top-1/top-5/loss, the parameter count, the density of every masked layer and a
-fingerprint of the weights; --json prints one JSON object instead.
+fingerprint of the weights; --json prints one JSON object instead. --token_selection instead
+evaluates a token run's latest checkpoint with its learned token selection, random tokens and
+the tokens it ranks lowest (how much the selector learned).
 """
 
 import json
@@ -21,11 +24,20 @@ _STEP = flags.DEFINE_integer('step', None, 'Checkpoint step (default: latest).')
 _JSON = flags.DEFINE_bool('json', False, 'Print one JSON object.')
 _DATA_DIR = flags.DEFINE_string('data_dir', None, 'Override the TFDS data dir.')
 _SPLIT = flags.DEFINE_string('split', None, 'Override the eval split.')
+_SELECTION = flags.DEFINE_bool(
+    'token_selection', False, 'Top-1 with the learned, random and lowest-ranked tokens.'
+)
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+    if _SELECTION.value:
+        from sparse_vit_jax.token_quality import selection_quality
+
+        quality = selection_quality(_WORKDIR.value, data_dir=_DATA_DIR.value)
+        print(json.dumps(quality) if _JSON.value else quality)
+        return
     report = evaluation.evaluate_checkpoint(
         _WORKDIR.value, step=_STEP.value, data_dir=_DATA_DIR.value, split=_SPLIT.value
     )

@@ -125,7 +125,9 @@ class TrainBench:
         step = loop.make_train_step(config, model, tx, self.spec, total)
 
         def init():
-            return create_train_state(model, tx, key, shape, ema=config.ema_decay > 0)
+            return create_train_state(
+                model, tx, key, shape, ema=config.ema_decay > 0, fidelity=config.sparsity.fidelity
+            )
 
         state_sharding = sharding_lib.state_shardings(
             jax.eval_shape(init), mesh, config.mesh.fsdp_min_size

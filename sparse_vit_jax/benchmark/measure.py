@@ -17,6 +17,7 @@ import jax
 import ml_collections
 
 from sparse_vit_jax import flops
+from sparse_vit_jax.config import method
 from sparse_vit_jax.benchmark import jax_bench, timing
 from sparse_vit_jax.models import create_model_from_config, model_kwargs
 from sparse_vit_jax.models import slim as slim_lib
@@ -24,8 +25,6 @@ from sparse_vit_jax.sparsity import api as sparsity_api
 from sparse_vit_jax.sparsity import masks as masks_lib
 
 MODES = ('train', 'infer')
-STRUCTURED = ('s2vite', 's2viteplus')
-UNSTRUCTURED = ('svite', 'sviteplus')
 
 
 def _check_mode(mode: str) -> None:
@@ -220,7 +219,7 @@ def deployed_model(config: ml_collections.ConfigDict, seed: int = 0) -> tuple[An
     params = jax_bench.random_params(config, model, seed)
     kinds = ['tokens dropped'] if tokens else []
     key = jax.random.key(seed + 1)
-    if s.method in STRUCTURED:
+    if method(s.method).structured:
         head_key, neuron_key = jax.random.split(key)
         depth = model.depth
         masks = {
@@ -238,7 +237,7 @@ def deployed_model(config: ml_collections.ConfigDict, seed: int = 0) -> tuple[An
             slim_lib.slim_model_config(config.model, overrides), tokens
         )
         kinds.insert(0, 'slim')
-    elif s.method in UNSTRUCTURED:
+    elif method(s.method).sparse:
         densities = masks_lib.layer_densities(params, s.density, s.distribution)
         weights = masks_lib.random_weight_masks(key, params, densities, exact=True)
         params = sparsity_api.apply_weight_masks(params, weights)

@@ -7,7 +7,7 @@ fc2 rows), so its shapes differ per block (``num_heads``/``mlp_dim`` tuples, exp
 ``head_dim``). It computes the same function as the masked model, in either fidelity:
 
 - 'improved': pruned heads and neurons are gated to 0 in the forward pass, so they contribute
-  nothing and are simply dropped.
+  nothing and are simply dropped (with the frozen weights they keep for regrowth).
 - 'reference': there are no gates (docs/reference.md §3.4). A pruned head's k and v kernel columns
   are 0, so its keys are the constant b_k (uniform attention) and its values the constant b_v: it
   emits b_v for every token, which the dense proj turns into the constant b_v,h · W_proj[h rows].
@@ -95,6 +95,7 @@ def _slim_attention(
         proj_bias = (proj_bias.astype(np.float64) + folded).astype(proj_bias.dtype)
     inner = kept.size * head_dim
     return {
+        **attn,  # everything besides qkv and proj as it is (the layer-wise token selector)
         'qkv': {
             'kernel': kernel[:, :, kept].reshape(dim, 3 * inner),
             'bias': bias[:, kept].reshape(3 * inner),
@@ -122,6 +123,7 @@ def _slim_mlp(
             'they still contribute (the zero invariant is broken)'
         )
     return {
+        **mlp,
         'fc1': {'kernel': fc1['kernel'][:, kept], 'bias': fc1['bias'][kept]},
         'fc2': {'kernel': fc2['kernel'][kept], 'bias': fc2['bias']},
     }
@@ -133,7 +135,8 @@ def slim_params(
     """The slim model's params and the model overrides that build it.
 
     Args:
-      params: full-size params of a structured run (zero invariant holding, as training keeps it).
+      params: full-size params of a structured run (in reference fidelity with the zero
+        invariant holding, as training keeps it; improved runs keep pruned units' weights).
       masks: {'heads': bool[depth, H], 'neurons': bool[depth, mlp], ...}; 'weights' is ignored
         (it derives from the unit masks).
       fidelity: the run's fidelity, i.e. how the masked model computes ('reference': no gates,

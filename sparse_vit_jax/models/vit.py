@@ -172,7 +172,12 @@ class Attention(nn.Module):
 
 
 class Mlp(nn.Module):
-    """fc1 → exact GELU → (neuron gate) → fc2."""
+    """fc1 → exact GELU → (neuron gate) → fc2.
+
+    The gate is a bool mask, or float gates (0/1 values) when the caller wants the loss
+    gradient at each gate (improved S²ViTE growth scores, computed in float32:
+    ∂L/∂gate_j = Σ h_j · ∂L/∂(gated h_j)).
+    """
 
     hidden_dim: int
     out_dim: int
@@ -183,8 +188,10 @@ class Mlp(nn.Module):
     def __call__(self, x: jax.Array, neuron_mask: jax.Array | None = None) -> jax.Array:
         h = nn.Dense(self.hidden_dim, name='fc1', dtype=self.dtype, kernel_init=self.kernel_init)(x)
         h = exact_gelu(h)
-        if neuron_mask is not None:
+        if neuron_mask is not None and neuron_mask.dtype == jnp.bool_:
             h = jnp.where(neuron_mask, h, 0.0).astype(h.dtype)
+        elif neuron_mask is not None:
+            h = (h.astype(jnp.float32) * neuron_mask.astype(jnp.float32)).astype(h.dtype)
         return nn.Dense(self.out_dim, name='fc2', dtype=self.dtype, kernel_init=self.kernel_init)(h)
 
 

@@ -56,10 +56,22 @@ def apply_weight_masks(params: Any, weight_masks: Any) -> Any:
     )
 
 
-def apply_masks(params: Any, opt_state: Any) -> Any:
+def zeroed_masks(masks: dict | None, fidelity: str) -> Any:
+    """The weight masks whose pruned entries the params (and their EMA) hold at exactly 0.
+
+    Every weight mask, except in improved structured runs: there gates silence pruned heads and
+    neurons in the forward pass (`forward_masks`) and their weights are kept, frozen, for when
+    they regrow (see `transform.py`); nothing is zeroed (None).
+    """
+    if masks is None or (fidelity == 'improved' and masks.get('heads') is not None):
+        return None
+    return masks['weights']
+
+
+def apply_masks(params: Any, opt_state: Any, fidelity: str = 'reference') -> Any:
     """Params with the zero invariant enforced for the masks held in `opt_state` (if any)."""
-    masks = masks_of(opt_state)
-    return params if masks is None else apply_weight_masks(params, masks['weights'])
+    weights = zeroed_masks(masks_of(opt_state), fidelity)
+    return params if weights is None else apply_weight_masks(params, weights)
 
 
 def forward_masks(masks: dict | None, fidelity: str) -> dict | None:

@@ -156,6 +156,7 @@ def neuron_prune_grow(
     prune_rate: Array | float,
     *,
     exact: bool = False,
+    growth_score: Array | None = None,
 ) -> Array:
     """One structured update of the MLP hidden neurons of one block (Flax layouts).
 
@@ -179,6 +180,11 @@ def neuron_prune_grow(
       exact: improved behaviour: prune exactly r active neurons by smallest score, then grow
         exactly r of the non-kept neurons (the just-pruned included) by largest gradient score;
         ties by ascending neuron index. The active count is preserved.
+      growth_score: [hidden] scores to grow by instead of the weight-gradient L1 (exact mode
+        only; may be negative). Improved S²ViTE passes the loss decrease that switching each
+        neuron on predicts, -∂L/∂gate: with masked weights the L1 of an inactive neuron's
+        weight gradients is exactly 0 (its fc2 row is 0, so nothing flows into fc1, and its
+        activation is 0, so nothing flows into fc2), so only the just-pruned could ever return.
 
     Returns:
       New bool neuron mask [hidden]. Vmap over a leading block axis for all blocks at once.
@@ -189,6 +195,10 @@ def neuron_prune_grow(
     r = _removal_count(prune_rate, n_active)
     score = _neuron_l1(fc1_kernel, fc2_kernel)
     grad_score = _neuron_l1(fc1_grad, fc2_grad)
+    if growth_score is not None:
+        if not exact:
+            raise ValueError('growth_score replaces the reference growth score: exact mode only')
+        grad_score = growth_score.astype(jnp.float32)
 
     if exact:
         removed = active & _first_in_order(((~active).astype(jnp.int32), _smallest_first(score)), r)

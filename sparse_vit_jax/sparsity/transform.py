@@ -12,7 +12,14 @@ t_end·T) it prunes and grows inside ``lax.cond``, in the order the official cod
 
 Fidelity 'reference' reproduces the official decisions (Bernoulli init, Adam moments never
 masked or reset); 'improved' uses exact-count init and growth and resets the moments of
-regrown weights.
+regrown weights. Improved S²ViTE silences pruned heads and neurons with gates in the forward pass
+instead of zeroing their weights: a pruned unit keeps its weights, frozen, so that its growth
+score (the loss gradient at its gate, see `prune_grow.neuron_prune_grow`) says what switching it
+back on would do, and a regrown unit resumes from them (a unit regrown with all-zero fc1 and fc2
+weights sits at a saddle where every gradient is zero and never learns).
+
+Static runs (`dynamic=False`: the static sparse baselines) draw the same initial masks and never
+update them.
 """
 
 from __future__ import annotations
@@ -35,14 +42,19 @@ class SparsitySpec:
 
     Attributes:
       structured: S²ViTE (heads and neurons) instead of SViTE (weights).
+      dynamic: prune and grow every ΔT; False keeps the initial masks (static baselines).
       update_every: ΔT in optimizer steps at this run's global batch.
       num_heads, head_dim: per block, to map heads onto the fused qkv kernel.
+      regrown_moments: what happens to the inner optimizer's moments of regrown weights:
+        'keep' (their history: the gradients are dense, so it is the weight's own), 'reset'
+        (zeroed), or '' for the fidelity's choice (`reset_moments`).
     """
 
     structured: bool
     fidelity: str
     total_steps: int
     update_every: int
+    dynamic: bool = True
     t_end: float = 0.8
     prune_rate: float = 0.5
     final_prune_rate: float = 0.005
@@ -53,10 +65,32 @@ class SparsitySpec:
     num_heads: int = 0
     head_dim: int = 0
     seed: int = 0
+    regrown_moments: str = ''
 
     @property
     def improved(self) -> bool:
         return self.fidelity == 'improved'
+
+    @property
+    def reset_moments(self) -> bool:
+        """Zero the moments of regrown weights: the reference never does, improved does."""
+        if self.regrown_moments:
+            return self.regrown_moments == 'reset'
+        return self.improved
+
+    @property
+    def gates_units(self) -> bool:
+        """Pruned heads/neurons are gated and keep their weights (improved S²ViTE), instead of
+        having their weights held at 0 (`api.zeroed_masks` states the same rule on masks)."""
+        return self.structured and self.improved
+
+    @property
+    def needs_head_scores(self) -> bool:
+        return self.structured and self.dynamic
+
+    @property
+    def needs_neuron_gate_grads(self) -> bool:
+        return self.gates_units and self.dynamic
 
 
 def _blocks(tree: Any) -> list[str]:
@@ -126,20 +160,25 @@ def _unstructured_update(spec, weights, grads, masks, rate):
     return {**masks, 'weights': new}
 
 
-def _structured_update(spec, weights, grads, masks, rate, head_taylor, head_grad_norm):
+def _structured_update(spec, weights, grads, masks, rate, scores):
     blocks = _blocks(weights)
     stack = lambda tree, *path: jnp.stack([_get(tree[b], path) for b in blocks])
     heads = jax.vmap(prune_grow.head_prune_grow, in_axes=(0, 0, 0, None))(
-        head_taylor, head_grad_norm, masks['heads'], rate
+        scores['head_taylor'], scores['head_grad_norm'], masks['heads'], rate
     )
-    neuron_update = lambda *args: prune_grow.neuron_prune_grow(*args, exact=spec.improved)
-    neurons = jax.vmap(neuron_update, in_axes=(0, 0, 0, 0, 0, None))(
+    # Gated units are grown by the loss decrease their gate's gradient predicts (module doc).
+    growth = -scores['neuron_gate_grad'] if spec.gates_units else None
+    neuron_update = lambda *args: prune_grow.neuron_prune_grow(
+        *args[:6], exact=spec.improved, growth_score=args[6]
+    )
+    neurons = jax.vmap(neuron_update, in_axes=(0, 0, 0, 0, 0, None, 0))(
         stack(weights, 'mlp', 'fc1', 'kernel'),
         stack(weights, 'mlp', 'fc2', 'kernel'),
         stack(grads, 'mlp', 'fc1', 'kernel'),
         stack(grads, 'mlp', 'fc2', 'kernel'),
         masks['neurons'],
         rate,
+        growth,
     )
     return {
         'weights': unit_weight_masks(weights, heads, neurons, spec.head_dim),
@@ -186,9 +225,11 @@ def sparse_training(
 ) -> optax.GradientTransformationExtraArgs:
     """Wraps `inner` with prune-and-grow sparse training described by `spec`.
 
-    `update(grads, state, params, head_taylor=..., head_grad_norm=...)`: the two [depth, heads]
-    head scores are required for structured runs (the train step computes them from the head
-    outputs and their gradients); `grads` are the dense gradients at the zero-invariant params.
+    `update(grads, state, params, head_taylor=..., head_grad_norm=..., neuron_gate_grad=...)`:
+    the two [depth, heads] head scores are required by dynamic structured runs (the train step
+    computes them from the head outputs and their gradients), and the [depth, mlp] loss gradient
+    at the neuron gates by dynamic improved ones (`spec.needs_neuron_gate_grads`); `grads` are
+    the dense gradients at the current params.
     """
 
     def init_fn(params):
@@ -203,16 +244,23 @@ def sparse_training(
             inner_state=inner.init(params),
         )
 
-    def update_fn(grads, state, params=None, head_taylor=None, head_grad_norm=None, **_):
+    def update_fn(grads, state, params=None, **scores):
         if params is None:
             raise ValueError('sparse_training needs params in update (zero invariant, growth)')
-        if spec.structured and (head_taylor is None or head_grad_norm is None):
-            raise ValueError('structured sparse training needs head_taylor and head_grad_norm')
+        wanted = (
+            ('head_taylor', 'head_grad_norm') * spec.needs_head_scores
+            + ('neuron_gate_grad',) * spec.needs_neuron_gate_grads
+        )
+        missing = [name for name in wanted if scores.get(name) is None]
+        if missing:
+            raise ValueError(f'this sparse training needs {", ".join(missing)} in update')
         inner_updates, inner_state = inner.update(grads, state.inner_state, params)
         t = state.count + 1
         masks = state.masks
+        # Inactive weights: exactly 0, or (gated units) frozen at their last value.
+        inactive = (lambda p: p) if spec.gates_units else jnp.zeros_like
         stepped = jax.tree.map(
-            lambda p, u, m: p + u if m is None else jnp.where(m, p + u, jnp.zeros_like(p)),
+            lambda p, u, m: p + u if m is None else jnp.where(m, p + u, inactive(p)),
             params,
             inner_updates,
             masks['weights'],
@@ -223,12 +271,10 @@ def sparse_training(
             masks, inner_state, stats = operand
             rate = schedules.prune_rate(t, spec.total_steps, spec.prune_rate, spec.final_prune_rate)
             if spec.structured:
-                new = _structured_update(
-                    spec, stepped, grads, masks, rate, head_taylor, head_grad_norm
-                )
+                new = _structured_update(spec, stepped, grads, masks, rate, scores)
             else:
                 new = _unstructured_update(spec, stepped, grads, masks, rate)
-            if spec.improved:
+            if spec.reset_moments:
                 regrown = jax.tree.map(
                     lambda o, n: None if o is None else n & ~o,
                     masks['weights'],
@@ -238,23 +284,32 @@ def sparse_training(
                 inner_state = _reset_regrown_moments(inner, inner_state, params, regrown)
             return new, inner_state, _update_stats(masks, new, t)
 
-        is_update = schedules.is_update_step(t, spec.update_every, spec.total_steps, spec.t_end)
-        new_masks, inner_state, stats = jax.lax.cond(
-            is_update,
-            topology_update,
-            lambda operand: operand,
-            (masks, inner_state, state.last_update),
-        )
-        # Kept weights take the inner update; pruned ones land on exactly 0; grown ones stay at
-        # their 0 (they were masked before this step).
-        updates = jax.tree.map(
-            lambda p, u, old, new: u if old is None else jnp.where(old & new, u, -p),
-            params,
-            inner_updates,
-            masks['weights'],
-            new_masks['weights'],
-            is_leaf=lambda x: x is None,
-        )
+        operand = (masks, inner_state, state.last_update)
+        if spec.dynamic:
+            is_update = schedules.is_update_step(t, spec.update_every, spec.total_steps, spec.t_end)
+            operand = jax.lax.cond(is_update, topology_update, lambda operand: operand, operand)
+        new_masks, inner_state, stats = operand
+        if spec.gates_units:
+            # Weights active during this step take its update; the others stay frozen (a unit
+            # pruned now keeps its final value, a regrown one resumes from its frozen one).
+            updates = jax.tree.map(
+                lambda p, u, old: u if old is None else jnp.where(old, u, jnp.zeros_like(u)),
+                params,
+                inner_updates,
+                masks['weights'],
+                is_leaf=lambda x: x is None,
+            )
+        else:
+            # Kept weights take the inner update; pruned ones land on exactly 0; grown ones stay
+            # at their 0 (they were masked before this step).
+            updates = jax.tree.map(
+                lambda p, u, old, new: u if old is None else jnp.where(old & new, u, -p),
+                params,
+                inner_updates,
+                masks['weights'],
+                new_masks['weights'],
+                is_leaf=lambda x: x is None,
+            )
         ever_active = jax.tree.map(
             lambda e, m: None if e is None else e | m,
             state.ever_active,

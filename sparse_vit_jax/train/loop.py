@@ -95,7 +95,11 @@ def make_train_step(
         forward_masks=functools.partial(
             sparsity_api.forward_masks, fidelity=config.sparsity.fidelity
         ),
-        needs_head_scores=spec is not None and spec.structured,
+        zeroed_masks=functools.partial(
+            sparsity_api.zeroed_masks, fidelity=config.sparsity.fidelity
+        ),
+        needs_head_scores=spec is not None and spec.needs_head_scores,
+        needs_neuron_gate_grads=spec is not None and spec.needs_neuron_gate_grads,
         mix=mixup_fn(config),
         tau=token_temperature(config, total_steps),
         ema_decay=config.ema_decay,
@@ -143,7 +147,7 @@ class Trainer:
             steps_per_epoch=self.steps_per_epoch,
         )
         self.init_state = lambda: create_train_state(
-            self.model, tx, key, shape, ema=config.ema_decay > 0
+            self.model, tx, key, shape, ema=config.ema_decay > 0, fidelity=config.sparsity.fidelity
         )
         abstract_state = jax.eval_shape(self.init_state)
         self.state_sharding = sharding_lib.state_shardings(

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 from flax import traverse_util
 
+from sparse_vit_jax.config import method
 from sparse_vit_jax.sparsity import schedules
 from sparse_vit_jax.sparsity.transform import SparsitySpec, sparse_training
 
@@ -79,8 +80,8 @@ def adamw(
 
 def sparsity_spec(config: Any, model: Any, total_steps: int) -> SparsitySpec | None:
     """The sparse-training description of a run config, or None for dense training."""
-    method = config.sparsity.method
-    if method == 'dense':
+    traits = method(config.sparsity.method)
+    if not traits.sparse:
         return None
     s = config.sparsity
     heads = model.heads_per_layer
@@ -90,8 +91,10 @@ def sparsity_spec(config: Any, model: Any, total_steps: int) -> SparsitySpec | N
             'every block (slim models are exported, not trained further)'
         )
     return SparsitySpec(
-        structured=method in ('s2vite', 's2viteplus'),
+        structured=traits.structured,
+        dynamic=traits.dynamic,
         fidelity=s.fidelity,
+        regrown_moments=s.regrown_moments,
         total_steps=total_steps,
         update_every=schedules.scale_update_every(
             s.update_every, s.update_every_batch, config.batch_size

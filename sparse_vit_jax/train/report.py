@@ -9,6 +9,7 @@ import jax
 import numpy as np
 
 from sparse_vit_jax.sparsity import masks as masks_lib
+from sparse_vit_jax.sparsity.api import apply_weight_masks
 
 
 def _named_leaves(tree: Any) -> list[tuple[str, np.ndarray]]:
@@ -31,8 +32,14 @@ def params_fingerprint(params: Any, masks: Any = None) -> str:
 
 
 def describe(params: Any, masks: dict | None) -> dict[str, Any]:
-    """Parameter counts and the density of every masked layer / structured unit set."""
+    """Parameter counts and the density of every masked layer / structured unit set.
+
+    `nonzero_params` counts what the model uses: nonzero params outside the weight masks (the
+    gated units of improved S²ViTE keep frozen weights that their gates silence).
+    """
     counts = [leaf.size for _, leaf in _named_leaves(params)]
+    if masks is not None and masks.get('weights') is not None:
+        params = apply_weight_masks(params, masks['weights'])
     nonzero = [int(np.count_nonzero(leaf)) for _, leaf in _named_leaves(params)]
     report: dict[str, Any] = {'num_params': int(sum(counts)), 'nonzero_params': int(sum(nonzero))}
     if masks is None:

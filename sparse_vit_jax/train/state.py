@@ -37,11 +37,13 @@ def create_train_state(
     key: jax.Array,
     image_shape: tuple[int, ...],
     ema: bool = False,
+    fidelity: str = 'reference',
 ) -> TrainState:
-    """Initializes params and optimizer state; the optimizer applies the initial masks."""
+    """Initializes params and optimizer state; the optimizer applies the initial masks
+    (`fidelity` decides which, see `sparsity.api.zeroed_masks`)."""
     params = init_params(model, key, image_shape)
     opt_state = tx.init(params)
-    params = sparsity_api.apply_masks(params, opt_state)
+    params = sparsity_api.apply_masks(params, opt_state, fidelity)
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,

@@ -9,6 +9,7 @@ non-finite guard that keeps the last finite state and records the step that went
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import jax
@@ -17,6 +18,7 @@ import optax
 
 from sparse_vit_jax.data.mixup import smooth_labels
 from sparse_vit_jax.models.vit import HEAD_OUTPUTS
+from sparse_vit_jax.sparsity import api as sparsity_api
 from sparse_vit_jax.train.state import TrainState
 
 # Independent random streams, one per purpose, all derived from (seed, step).
@@ -47,7 +49,11 @@ class TrainStep:
     Attributes:
       forward_masks: maps the optimizer's masks to the masks the forward pass takes (e.g. only the
         head/neuron gates in improved structured mode; None when the weights carry the zeros).
+      zeroed_masks: maps the optimizer's masks to the weight masks whose zeros the params hold
+        (None: nothing zeroed); the EMA is held to the same zeros.
       needs_head_scores: whether the optimizer wants S²ViTE head scores at update steps.
+      needs_neuron_gate_grads: whether it wants the loss gradient at the neuron gates
+        (improved S²ViTE growth); the forward pass then takes float gates.
       mix: optional (key, images, labels) -> (images, soft targets) on device (Mixup/CutMix).
       tau: optional step -> Gumbel temperature for the token selector.
     """
@@ -58,7 +64,11 @@ class TrainStep:
     num_classes: int
     label_smoothing: float
     forward_masks: Callable[[Any], Any] = lambda masks: None
+    zeroed_masks: Callable[[Any], Any] = functools.partial(
+        sparsity_api.zeroed_masks, fidelity='reference'
+    )
     needs_head_scores: bool = False
+    needs_neuron_gate_grads: bool = False
     mix: Callable | None = None
     tau: Callable | None = None
     ema_decay: float = 0.0
@@ -75,11 +85,12 @@ class TrainStep:
         extra = {} if self.tau is None else {'tau': self.tau(state.step)}
         rngs = {'dropout': keys['dropout'], 'gumbel': keys['gumbel']}
 
-        def forward(params, perturbations=None):
+        def forward(params, perturbations=None, gates=None):
             """Logits and, when head scores are wanted, the head outputs (sown by the model)."""
+            masks_in = masks if gates is None else {**masks, 'neurons': gates}
             if not self.needs_head_scores:
                 return self.model.apply(
-                    {'params': params}, images, masks=masks, train=True, rngs=rngs, **extra
+                    {'params': params}, images, masks=masks_in, train=True, rngs=rngs, **extra
                 ), {}
             variables = {'params': params}
             if perturbations is not None:
@@ -87,7 +98,7 @@ class TrainStep:
             logits, inter = self.model.apply(
                 variables,
                 images,
-                masks=masks,
+                masks=masks_in,
                 train=True,
                 rngs=rngs,
                 mutable=['intermediates'],
@@ -95,8 +106,8 @@ class TrainStep:
             )
             return logits, inter['intermediates']
 
-        def loss_fn(params, perturbations):
-            logits, inter = forward(params, perturbations)
+        def loss_fn(params, perturbations, gates):
+            logits, inter = forward(params, perturbations, gates)
             loss = optax.softmax_cross_entropy(logits, targets).mean()
             return loss, (logits, inter)
 
@@ -109,9 +120,11 @@ class TrainStep:
                 sown,
                 is_leaf=lambda x: isinstance(x, tuple),
             )
-        (loss, (logits, inter)), (grads, output_grads) = jax.value_and_grad(
-            loss_fn, argnums=(0, 1), has_aux=True
-        )(state.params, perturbations)
+        # Float 0/1 neuron gates: their gradient is ∂L/∂gate (the forward value is unchanged).
+        gates = masks['neurons'].astype(jnp.float32) if self.needs_neuron_gate_grads else None
+        (loss, (logits, inter)), (grads, output_grads, gate_grads) = jax.value_and_grad(
+            loss_fn, argnums=(0, 1, 2), has_aux=True
+        )(state.params, perturbations, gates)
         update_args = {}
         if self.needs_head_scores:
             blocks = sorted(output_grads, key=lambda name: int(name.split('_')[-1]))
@@ -119,6 +132,8 @@ class TrainStep:
                 [inter[b]['attn'][HEAD_OUTPUTS][0] for b in blocks],
                 [output_grads[b]['attn'][HEAD_OUTPUTS] for b in blocks],
             )
+        if self.needs_neuron_gate_grads:
+            update_args['neuron_gate_grad'] = gate_grads
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params, **update_args)
         params = optax.apply_updates(state.params, updates)
 
@@ -126,13 +141,15 @@ class TrainStep:
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
         if self.ema_decay:
-            new_state = new_state.replace(
-                ema_params=jax.tree.map(
-                    lambda e, p: self.ema_decay * e + (1 - self.ema_decay) * p,
-                    state.ema_params,
-                    params,
-                )
+            ema = jax.tree.map(
+                lambda e, p: self.ema_decay * e + (1 - self.ema_decay) * p, state.ema_params, params
             )
+            # The EMA of a sparse run is the sparse model: held to the same zeros as the params
+            # (a pruned weight's average would otherwise decay towards 0 but never reach it).
+            zeroed = self.zeroed_masks(sparsity_api.masks_of(opt_state))
+            if zeroed is not None:
+                ema = sparsity_api.apply_weight_masks(ema, zeroed)
+            new_state = new_state.replace(ema_params=ema)
         # Non-finite guard: keep the last finite state (so no non-finite checkpoint can ever be
         # written) and remember the first step that went bad; the loop stops on it.
         new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)

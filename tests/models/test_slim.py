@@ -27,7 +27,7 @@ from sparse_vit_jax.models.slim import (
     slim_model_config,
     slim_params,
 )
-from sparse_vit_jax.sparsity.api import apply_weight_masks, forward_masks
+from sparse_vit_jax.sparsity.api import apply_masks, apply_weight_masks, forward_masks
 from sparse_vit_jax.sparsity.transform import unit_weight_masks
 from sparse_vit_jax.train import evaluation, loop
 from sparse_vit_jax.train import optimizer as optimizer_lib
@@ -274,3 +274,76 @@ def test_export_refuses_runs_without_unit_masks(tiny_config, tmp_path):
     Checkpointer(dense).save_model(0, params, None, {'config': tiny_config().to_dict()})
     with pytest.raises(SlimExportError, match=re.escape(NO_UNIT_MASKS)):
         export_slim(dense, str(tmp_path / 'out'))
+
+
+def _untrained_run(tiny_config, workdir, arg, **overrides) -> str:
+    """A run's checkpoint at step 0 without compiling a train step: its real optimizer state
+    (the method's initial masks), random params and biases, with the zeros the fidelity keeps."""
+    config = tiny_config(arg=arg, **overrides)
+    model = create_model_from_config(config.model, config.tokens)
+    rng = np.random.default_rng(0)
+    shapes = jax.eval_shape(lambda: init_params(model, jax.random.key(0), (16, 16, 3)))
+    params = jax.tree.map(lambda s: rng.normal(0, 0.3, s.shape).astype(s.dtype), shapes)
+    tx, _, _ = optimizer_lib.make_optimizer(config, model, shapes, total_steps=9, steps_per_epoch=9)
+    opt_state = tx.init(params)
+    state = TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=apply_masks(params, opt_state, config.sparsity.fidelity),
+        opt_state=opt_state,
+        nonfinite_step=jnp.full((), -1, jnp.int32),
+    )
+    checkpointer = Checkpointer(workdir)
+    checkpointer.save(state, {'config': config.to_dict()})
+    checkpointer.wait()
+    return workdir
+
+
+STRUCTURED_RUNS = {
+    's2vite': ('method=s2vite', {}),
+    's2static': ('method=s2static', {}),
+    's2viteplus': ('method=s2viteplus,keep_tokens=13', {}),
+    # Layer-wise selectors, zeroed tokens and Gumbel evaluation: the official `*_data` models.
+    's2viteplus_layerwise': (
+        'method=s2viteplus,keep_tokens=13',
+        {'tokens.layerwise': True, 'tokens.mode': 'zero', 'tokens.eval_mode': 'gumbel'},
+    ),
+}
+
+
+@pytest.mark.parametrize('fidelity', ['reference', 'improved'])
+@pytest.mark.parametrize('run', sorted(STRUCTURED_RUNS))
+def test_every_structured_method_exports_and_the_export_restores_to_the_same_logits(
+    tiny_config, tmp_path, run, fidelity
+):
+    """Export → restore the exported checkpoint the way evaluation does → the logits of the
+    masked run (token selectors and their Gumbel noise included)."""
+    arg, overrides = STRUCTURED_RUNS[run]
+    workdir = _untrained_run(
+        tiny_config, str(tmp_path / 'run'), f'{arg},fidelity={fidelity}', **overrides
+    )
+    report = export_slim(workdir, str(tmp_path / 'slim'))
+    masked = evaluation.restore_model(workdir)
+    slim = evaluation.restore_model(str(tmp_path / 'slim'))
+    assert slim.masks is None and slim.model.keep_tokens == masked.model.keep_tokens
+    assert slim.model.layerwise_tokens == masked.model.layerwise_tokens
+    images = np.random.default_rng(1).normal(size=(4, 16, 16, 3)).astype(np.float32)
+
+    def logits(restored):
+        return jax.jit(
+            lambda p, x, m: restored.model.apply(
+                {'params': p}, x, masks=m, rngs={'gumbel': jax.random.key(3)}
+            )
+        )(restored.params, images, restored.forward_masks)
+
+    assert _relative_error(logits(slim), logits(masked)) < 1e-5
+    assert report['num_params'] < report['source_num_params']
+
+
+@pytest.mark.parametrize('arg', ['method=static', 'method=sviteplus', 'method=dense'])
+def test_unstructured_and_dense_runs_are_refused_in_one_line(tiny_config, tmp_path, arg):
+    workdir = _untrained_run(tiny_config, str(tmp_path / 'run'), arg)
+    method = arg.split('=')[1]
+    message = f'{NO_UNIT_MASKS}, but {workdir} is method={method}'
+    with pytest.raises(SlimExportError, match=re.escape(message)):
+        export_slim(workdir, str(tmp_path / 'out'))
+    assert not os.path.exists(tmp_path / 'out')

@@ -47,7 +47,9 @@ def _masked_pairs(params, masks):
 def _run(spec, steps=10):
     """Real training steps on random data; returns the states after every step."""
     tx = sparse_training(optax.adamw(3e-3), spec)
-    state = create_train_state(MODEL, tx, jax.random.key(0), (16, 16, 3))
+    state = create_train_state(
+        MODEL, tx, jax.random.key(0), (16, 16, 3), ema=True, fidelity=spec.fidelity
+    )
     step = jax.jit(
         TrainStep(
             MODEL,
@@ -56,7 +58,10 @@ def _run(spec, steps=10):
             num_classes=10,
             label_smoothing=0.1,
             forward_masks=functools.partial(api.forward_masks, fidelity=spec.fidelity),
-            needs_head_scores=spec.structured,
+            zeroed_masks=functools.partial(api.zeroed_masks, fidelity=spec.fidelity),
+            needs_head_scores=spec.needs_head_scores,
+            needs_neuron_gate_grads=spec.needs_neuron_gate_grads,
+            ema_decay=0.9,
         ),
         donate_argnums=0,
     )
@@ -74,13 +79,26 @@ def _run(spec, steps=10):
 @pytest.mark.parametrize('structured', [False, True])
 @pytest.mark.parametrize('fidelity', ['reference', 'improved'])
 def test_counts_constant_zeros_exact_and_masks_move_only_at_update_steps(structured, fidelity):
+    """Pruned weights are exactly 0, except in improved S²ViTE, whose gated units keep their
+    weights frozen while inactive (and whose neurons then really move)."""
     states = _run(_spec(structured, fidelity))
     counts = [[int(m.sum()) for m in _leaves(s.masks['weights'])] for s in states]
     assert all(c == counts[0] for c in counts), 'per-layer nonzero counts changed'
+    gated = structured and fidelity == 'improved'
     changed_at = []
     for before, after in zip(states, states[1:]):
-        for p, m in _masked_pairs(after.params, after.masks['weights']):
-            assert np.all(p[~m] == 0), 'a pruned weight is not exactly 0'
+        for (p, m), (q, was) in zip(
+            _masked_pairs(after.params, after.masks['weights']),
+            _masked_pairs(before.params, before.masks['weights']),
+        ):
+            if gated:  # inactive before and after this step: untouched
+                np.testing.assert_array_equal(p[~m & ~was], q[~m & ~was])
+                assert np.any(p[~m] != 0), 'a gated unit lost its weights'
+            else:
+                assert np.all(p[~m] == 0), 'a pruned weight is not exactly 0'
+        # The EMA is the sparse model too: the same exact zeros (gated units: nothing zeroed).
+        for e, m in _masked_pairs(after.ema_params, after.masks['weights']):
+            assert np.any(e[~m] != 0) if gated else np.all(e[~m] == 0), 'EMA not masked'
         moved = any(np.any(a != b) for a, b in zip(_leaves(before.masks), _leaves(after.masks)))
         if moved:
             changed_at.append(int(after.step))
