@@ -34,6 +34,7 @@ from sparse_vit_jax.train.checkpoint import Checkpointer
 from sparse_vit_jax.train.metrics import MetricWriter
 from sparse_vit_jax.train.preemption import PreemptionWatcher
 from sparse_vit_jax.train.state import TrainState, create_train_state, init_params
+from sparse_vit_jax.train.throughput import Interval, StepTimer
 from sparse_vit_jax.train.steps import TrainStep
 
 logger = logging.getLogger(__name__)
@@ -234,29 +235,41 @@ class Trainer:
         )
         return results
 
-    def log_train(self, state: TrainState, metrics: list[dict], seconds: float) -> None:
-        """Averages the interval's metrics (one host sync per log line) and writes them."""
+    def log_train(self, state: TrainState, metrics: list[dict], timer: StepTimer) -> None:
+        """Averages the interval's metrics (one host sync per log line) and writes them.
+
+        img/s and the ETA come from `timer`, read after the fetch (the sync point): the steps
+        since the previous log line over the time they took, the first step's compile,
+        evaluations and this logging itself left out. The ETA is the time to the last train
+        step at that pace.
+        """
         self.check_finite(state)
         step = int(state.step)
         values = {k: float(np.mean([float(m[k]) for m in metrics])) for k in metrics[0]}
-        rate = len(metrics) * self.config.batch_size / seconds
+        interval = timer.lap()
+        with timer.paused():  # writing (the first write sets TensorBoard up) is not training
+            self._write_train(state, step, values, interval)
+
+    def _write_train(self, state: TrainState, step: int, values: dict, interval: Interval) -> None:
+        rate = interval.images_per_sec(self.config.batch_size)
+        eta = interval.eta_seconds(self.total_steps - step)
         values.update(
             lr=float(self.lr_schedule(step - 1)),
-            images_per_sec=rate,
             epoch=step / self.steps_per_epoch,
             skipped_examples=int(self.train_input.skipped.numpy()),
         )
+        if rate is not None:
+            values.update(images_per_sec=rate, eta_seconds=eta)
         self.writer.write(step, 'train', values)
-        eta = (self.total_steps - step) * self.config.batch_size / rate
         logger.info(
-            'step %d/%d | loss %.4f | acc %.3f | lr %.3g | %.0f img/s | ETA %s',
+            'step %d/%d | loss %.4f | acc %.3f | lr %.3g | %s img/s | ETA %s',
             step,
             self.total_steps,
             values['loss'],
             values['accuracy'],
             values['lr'],
-            rate,
-            _format_duration(eta),
+            '-' if rate is None else f'{rate:.3g}' if rate < 100 else f'{rate:.0f}',
+            '-' if eta is None else _format_duration(eta),
         )
         self.log_sparsity(state)
 
@@ -300,21 +313,28 @@ class Trainer:
         batches = data_lib.prefetch_to_device(
             self.train_input.batches(start_step), self.batch_sharding
         )
-        pending, interval_start, run_start = [], time.perf_counter(), time.perf_counter()
+        pending, timer, run_start = [], StepTimer(), time.perf_counter()
         with PreemptionWatcher() as preemption:
             for step in range(start_step, self.total_steps):
                 state, metrics = self.train_step(state, next(batches))
                 pending.append(metrics)
+                if step == start_step:  # compiled and ran: the only sync made just for timing
+                    jax.block_until_ready(metrics)
+                    timer.start()
+                else:
+                    timer.step()
                 done = step + 1
                 if done % c.log_every_steps == 0 or done == self.total_steps:
-                    self.log_train(state, pending, time.perf_counter() - interval_start)
-                    pending, interval_start = [], time.perf_counter()
+                    self.log_train(state, pending, timer)
+                    pending = []
                 if preemption.requested(done):
                     self.save(state)
                     logger.warning('preempted: saved step %d; restart to continue', done)
                     return {'step': done, 'preempted': True}
                 if done % eval_every == 0 and done != self.total_steps:
-                    self.evaluate(state)
+                    jax.block_until_ready(state)  # the train steps so far count as training
+                    with timer.paused():
+                        self.evaluate(state)
                 if done % c.checkpoint_every_steps == 0:
                     self.save(state)
         self.save(state)
