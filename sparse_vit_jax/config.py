@@ -16,6 +16,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from sparse_vit_jax.models import ALIASES, MODEL_CONFIGS, model_kwargs
+from sparse_vit_jax.models.token_selector import MODES as TOKEN_MODES
 
 FIDELITIES = ('reference', 'improved')
 REGROWN_MOMENTS = ('', 'reset', 'keep')
@@ -284,7 +285,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
             '(patches + class token)',
         )
     _check(
-        t.mode in ('drop', 'zero'), f"config.tokens.mode must be 'drop' or 'zero', got {t.mode!r}"
+        t.mode in TOKEN_MODES, f'config.tokens.mode={t.mode!r}; choose one of {TOKEN_MODES}',
+    )
+    _check(
+        not (t.mode == 'mask' and t.layerwise),
+        "config.tokens.mode='mask' does not combine with tokens.layerwise; use 'zero' or 'drop'",
     )
     _check(
         t.eval_mode in ('topk', 'gumbel'),

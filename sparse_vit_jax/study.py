@@ -91,6 +91,7 @@ STUDY = (
     ),
     Row('tokens_drop', _TOKENS, 'tokens only, 15/17, drop', 'tokens', 2, ('tokens.mode=drop',)),
     Row('tokens_zero', _TOKENS, 'tokens only, 15/17, zero', 'tokens', 2, ('tokens.mode=zero',)),
+    Row('tokens_mask', _TOKENS, 'tokens only, 15/17, mask', 'tokens', 2, ('tokens.mode=mask',)),
 )
 
 # Runs that decide a setting rather than answer the study's questions: the Adam moments of

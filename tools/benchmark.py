@@ -15,9 +15,10 @@ PyTorch on the same machine (torch and timm are optional; docs/benchmarks.md say
 them), measured in alternating blocks of --block steps, and ratio = JAX / timm.
 
 train --config: the config's sparse train step against dense (overhead, the topology update
-amortized over ΔT). infer --config: the deployed model (slim S²ViTE, dropped tokens) against
-dense (time_saving beside flops_saving). input: the production ImageNet pipeline on --num_images
-fake 375×500 JPEGs, optionally against a model's train-step demand.
+amortized over ΔT); --baseline CONFIG compares with that dense config instead (a narrow dense
+model against the full-width one). infer --config: the deployed model (slim S²ViTE, dropped
+tokens) against dense (time_saving beside flops_saving). input: the production ImageNet
+pipeline on --num_images fake 375×500 JPEGs, optionally against a model's train-step demand.
 """
 
 import importlib.util
@@ -36,6 +37,9 @@ DEFAULT_INPUT_CONFIG = ('dense.py', 'model=deit_tiny')
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file (path[:args]): compare its method against dense.', lock_config=True
+)
+_BASELINE = config_flags.DEFINE_config_file(
+    'baseline', None, 'train --config: compare with this dense config instead.', lock_config=True
 )
 _MODEL = flags.DEFINE_string('model', None, 'Registered model name (train/infer).')
 _BATCH = flags.DEFINE_integer('batch', 32, 'Global batch size.')
@@ -107,8 +111,17 @@ def run_command(command: str) -> dict:
         )
     if _VS_TIMM.value:
         raise app.UsageError('--vs_timm compares registered models: use it with --model')
-    measure = benchmark.sparse_train_overhead if command == 'train' else benchmark.inference_saving
-    return measure(_CONFIG.value, dtype=_DTYPE.value, block=_BLOCK.value, **common)
+    if command == 'train':
+        return benchmark.sparse_train_overhead(
+            _CONFIG.value,
+            dtype=_DTYPE.value,
+            block=_BLOCK.value,
+            baseline=_BASELINE.value,
+            **common,
+        )
+    return benchmark.inference_saving(
+        _CONFIG.value, dtype=_DTYPE.value, block=_BLOCK.value, **common
+    )
 
 
 def describe(result: dict) -> str:

@@ -146,8 +146,12 @@ def sparse_train_overhead(
     warmup: int = 2,
     block: int = 2,
     dtype: str | None = None,
+    baseline: ml_collections.ConfigDict | None = None,
 ) -> dict[str, Any]:
     """The config's train step (its method, at `batch`) against the dense one, alternately.
+
+    `baseline`: the config to compare with instead of the config's own dense counterpart (e.g.
+    a wider dense model against a narrow dense one); its method must be dense.
 
     Regular steps and topology-update steps are timed separately (same executable, see
     `TrainBench`) and amortized over ΔT at this batch: t = ((ΔT−1)·t_regular + t_update)/ΔT.
@@ -156,7 +160,10 @@ def sparse_train_overhead(
     """
     config = jax_bench.with_batch(config, batch, dtype)
     sparse = jax_bench.TrainBench(config)
-    dense = jax_bench.TrainBench(jax_bench.dense_counterpart(config))
+    if baseline is not None and method(baseline.sparsity.method).sparse:
+        raise ValueError(f'the baseline must be a dense config, not {baseline.sparsity.method}')
+    baseline = jax_bench.dense_counterpart(config) if baseline is None else baseline
+    dense = jax_bench.TrainBench(jax_bench.with_batch(baseline, batch, dtype))
     rounds, per_block = timing.rounds_for(steps, block)
     update_every = sparse.update_every
     kwargs = dict(per_block=per_block, warmup=warmup)

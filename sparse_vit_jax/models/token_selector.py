@@ -28,6 +28,14 @@ Where we differ, and why:
   token's mask entry (value 0) still carries ∂L/∂m_i · ∂soft_i, the signal that including it
   would help; 'drop' mode cannot compute ∂L/∂m_i for tokens it no longer carries, so only the
   kept tokens' entries reach the scorer (the softmax still couples every score).
+* **'mask' mode** trains with 'drop' mode's function and 'zero' mode's gradient signal: the
+  sequence keeps every token, but the unselected ones are masked out of every attention as keys
+  (their attention weight is multiplied by the mask entry, 0 forward), so cls and the kept tokens
+  compute exactly what 'drop' computes (a dropped token reaches nothing else: LayerNorm and the
+  MLP are per token, and only cls is read out), while ∂L/∂m_i still says what attending to a
+  dropped token would do. Evaluation gathers the kept tokens ('drop', the same outputs, less
+  work). Training costs what 'zero' costs. The model wires it (`VisionTransformer`); it does not
+  combine with layer-wise selectors.
 * **Evaluation.** ``eval_mode='topk'`` (improved) takes the deterministic top-k of the scores;
   ``'gumbel'`` (reference) draws fresh Gumbel noise at tau = 1.
 
@@ -46,7 +54,7 @@ import jax.numpy as jnp
 
 Initializer = Callable[..., jax.Array]
 
-MODES = ('drop', 'zero')
+MODES = ('drop', 'zero', 'mask')
 EVAL_MODES = ('topk', 'gumbel')
 # The collection and name under which every selector sows its kept token indices.
 SELECTION = 'token_selection'
@@ -85,10 +93,11 @@ def gumbel_top_k(
 
 def apply_selection(x: jax.Array, indices: jax.Array, mask: jax.Array, mode: str) -> jax.Array:
     """Tokens x (B, N, D) after a selection: 'zero' masks them (B, N, D), 'drop' gathers the kept
-    ones and scales them by their mask entries (B, k, D) so the gradient still flows."""
+    ones and scales them by their mask entries (B, k, D) so the gradient still flows. 'mask'
+    gathers as 'drop' does (its training path lives in the model, see the module doc)."""
     if mode == 'zero':
         return x * mask[..., None].astype(x.dtype)
-    if mode == 'drop':
+    if mode in ('drop', 'mask'):
         kept = jnp.take_along_axis(x, indices[..., None], axis=1)
         weights = jnp.take_along_axis(mask, indices, axis=1)
         return kept * weights[..., None].astype(x.dtype)
@@ -107,7 +116,8 @@ class TokenSelector(nn.Module):
 
     Attributes:
       keep: tokens kept, class token included.
-      mode: 'drop' (gather the kept tokens; the sequence becomes `keep` long) or 'zero' (reference).
+      mode: 'drop' (gather the kept tokens; the sequence becomes `keep` long), 'zero'
+        (reference), or 'mask' (gathered as 'drop'; the model calls `select` to train it).
       eval_mode: 'topk' (deterministic) or 'gumbel' (reference: fresh noise at tau = 1).
     """
 
@@ -117,7 +127,6 @@ class TokenSelector(nn.Module):
     kernel_init: Initializer = nn.initializers.normal(stddev=0.02)
     dtype: Any = jnp.float32
 
-    @nn.compact
     def __call__(
         self,
         x: jax.Array,
@@ -132,6 +141,19 @@ class TokenSelector(nn.Module):
           tau: training temperature; evaluation always uses 1 (the reference's choice).
           noise: (B, N) Gumbel noise to use instead of a draw (tests, replaying a selection).
         """
+        indices, mask = self.select(x, train=train, tau=tau, noise=noise)
+        return apply_selection(x, indices, mask, self.mode)
+
+    @nn.compact
+    def select(
+        self,
+        x: jax.Array,
+        *,
+        train: bool = False,
+        tau: float | jax.Array = 1.0,
+        noise: jax.Array | None = None,
+    ) -> tuple[jax.Array, jax.Array]:
+        """The selection alone: kept indices (B, k) and the straight-through mask (B, N)."""
         if self.mode not in MODES or self.eval_mode not in EVAL_MODES:
             raise ValueError(
                 f'TokenSelector needs mode in {MODES} and eval_mode in {EVAL_MODES}, got '
@@ -143,7 +165,7 @@ class TokenSelector(nn.Module):
             noise = self._noise(scores.shape, train)
         indices, mask = gumbel_top_k(scores, noise, self.keep, tau if train else 1.0)
         self.sow(SELECTION, KEPT, indices)
-        return apply_selection(x, indices, mask, self.mode)
+        return indices, mask
 
     def _noise(self, shape: tuple[int, ...], train: bool) -> jax.Array:
         if train or self.eval_mode == 'gumbel':

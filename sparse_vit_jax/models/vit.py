@@ -102,8 +102,14 @@ def exact_gelu(x: jax.Array) -> jax.Array:
     return 0.5 * x * (1.0 + jax.lax.erf(x * (2.0**-0.5)).astype(x.dtype))
 
 
-def attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+def attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array | None = None
+) -> jax.Array:
     """Scaled dot-product softmax attention of heads-major (B, H, N, hd) q, k, v.
+
+    key_mask (B, N), optional: each key's attention weight is multiplied by it before the
+    normalization ('mask' token mode: 0 leaves a key out exactly, and its gradient says what
+    attending to it would do).
 
     The result of ``jax.nn.dot_product_attention``, computed the way XLA CPU runs fastest:
     heads-major batched einsums, and the softmax normalization applied to the (N × hd) output
@@ -114,6 +120,8 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
     logits = jnp.einsum('bhqd,bhkd->bhqk', q * scale, k, preferred_element_type=jnp.float32)
     # Subtracting the row max only guards exp against overflow; its gradient is exactly zero.
     weights = jnp.exp(logits - jax.lax.stop_gradient(logits.max(axis=-1, keepdims=True)))
+    if key_mask is not None:
+        weights = weights * key_mask[:, None, None, :].astype(weights.dtype)
     out = jnp.einsum(
         'bhqk,bhkd->bhqd', weights.astype(v.dtype), v, preferred_element_type=jnp.float32
     )
@@ -144,6 +152,7 @@ class Attention(nn.Module):
         *,
         train: bool = False,
         tau: float | jax.Array = 1.0,
+        key_mask: jax.Array | None = None,
     ) -> jax.Array:
         if self.token_keep:
             x = TokenSelector(
@@ -161,7 +170,7 @@ class Attention(nn.Module):
         )
         qkv = dense(3 * inner, 'qkv')(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.transpose(2, 0, 3, 1, 4)  # each (B, H, N, hd)
-        heads = attention(q, k, v).transpose(0, 2, 1, 3)  # (B, N, H, hd)
+        heads = attention(q, k, v, key_mask).transpose(0, 2, 1, 3)  # (B, N, H, hd)
         if head_mask is not None:
             heads = jnp.where(head_mask[:, None], heads, 0.0).astype(heads.dtype)
         # ∂L/∂(head outputs) and the outputs themselves give the S²ViTE head scores; both are
@@ -208,7 +217,9 @@ class Block(nn.Module):
     token_eval: str = 'topk'
 
     @nn.compact
-    def __call__(self, x, *, head_mask=None, neuron_mask=None, train=False, tau=1.0):
+    def __call__(
+        self, x, *, head_mask=None, neuron_mask=None, train=False, tau=1.0, key_mask=None
+    ):
         dim = x.shape[-1]
         norm = lambda name: layer_norm(name, self.dtype)
         drop_path = DropPath(self.drop_path)
@@ -222,7 +233,8 @@ class Block(nn.Module):
             self.token_eval,
             name='attn',
         )
-        x = x + drop_path(attn(norm('norm1')(x), head_mask, train=train, tau=tau), train)
+        attended = attn(norm('norm1')(x), head_mask, train=train, tau=tau, key_mask=key_mask)
+        x = x + drop_path(attended, train)
         mlp = Mlp(self.mlp_dim, dim, self.kernel_init, self.dtype, name='mlp')
         return x + drop_path(mlp(norm('norm2')(x), neuron_mask), train)
 
@@ -236,7 +248,8 @@ class VisionTransformer(nn.Module):
       mlp_dim: hidden width per block (int or one int per block).
       dtype: compute dtype (bfloat16 on TPU/GPU); params are always float32.
       keep_tokens: SViTE+ token selection: tokens kept, cls included (None or 0: off).
-      token_mode: 'drop' (gather the kept tokens) or 'zero' (reference: zero the others).
+      token_mode: 'drop' (gather the kept tokens), 'zero' (reference: zero the others) or 'mask'
+        (train with the others masked out of attention, evaluate as 'drop'; token_selector.py).
       token_eval: 'topk' (deterministic) or 'gumbel' (reference: fresh noise at tau = 1).
       layerwise_tokens: also a selector in every block (official `*_data` models); each keeps
         the input-level fraction keep_tokens / (1 + num_patches) of the tokens it sees.
@@ -319,15 +332,22 @@ class VisionTransformer(nn.Module):
         tokens = x.shape[1]
         if self.layerwise_tokens and not self.keep_tokens:
             raise ValueError('layerwise_tokens needs keep_tokens (the input-level selector)')
+        if self.layerwise_tokens and self.token_mode == 'mask':
+            raise ValueError("token_mode 'mask' does not combine with layerwise_tokens")
+        key_mask = None
         if self.keep_tokens:
-            x = TokenSelector(
+            selector = TokenSelector(
                 self.keep_tokens,
                 self.token_mode,
                 self.token_eval,
                 inits['dense'],
                 self.dtype,
                 name='token_selector',
-            )(x, train=train, tau=tau)
+            )
+            if self.token_mode == 'mask' and train:
+                key_mask = selector.select(x, train=train, tau=tau)[1]
+            else:
+                x = selector(x, train=train, tau=tau)
         block_keep = 0
         if self.layerwise_tokens:
             block_keep = scaled_keep(self.keep_tokens, tokens, x.shape[1])
@@ -350,6 +370,7 @@ class VisionTransformer(nn.Module):
                 neuron_mask=None if neuron_masks is None else neuron_masks[i],
                 train=train,
                 tau=tau,
+                key_mask=key_mask,
             )
         x = layer_norm('norm', self.dtype)(x)
         logits = nn.Dense(

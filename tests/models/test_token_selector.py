@@ -115,6 +115,37 @@ def test_drop_and_zero_select_the_same_tokens_but_differ_when_some_are_dropped()
     assert not np.allclose(outputs[0], outputs[1], atol=1e-3)
 
 
+def test_mask_mode_computes_what_drop_computes_and_trains_the_selector_far_more():
+    """'mask' keeps every token but leaves the unselected ones out of attention: in training (same
+    noise) and evaluation its logits are drop mode's; its scorer gradient carries what attending
+    to the dropped tokens would do, orders of magnitude more than drop mode's (pre-LN blocks
+    barely feel the straight-through scale of a kept token)."""
+    drop, params, images = _model_and_params(keep_tokens=9, token_mode='drop')
+    mask = drop.clone(token_mode='mask')
+    labels = jnp.arange(4) % 10
+
+    def loss(model, p):
+        logits = model.apply(
+            {'params': p}, images, train=True, tau=1.0, rngs={'gumbel': jax.random.key(5)}
+        )
+        return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(4), labels]), logits
+
+    outputs, norms = [], []
+    for model in (drop, mask):
+        (_, logits), grads = jax.jit(jax.value_and_grad(lambda p: loss(model, p), has_aux=True))(
+            params
+        )
+        outputs.append(logits)
+        norms.append(float(jnp.linalg.norm(grads['token_selector']['scorer']['kernel'])))
+        evaluated = jax.jit(model.apply)({'params': params}, images)
+        outputs.append(evaluated)
+    np.testing.assert_allclose(outputs[2], outputs[0], rtol=2e-5, atol=2e-6)  # training
+    np.testing.assert_allclose(outputs[3], outputs[1], rtol=2e-5, atol=2e-6)  # evaluation
+    assert norms[1] > 100 * norms[0] > 0
+    with pytest.raises(ValueError, match="'mask' does not combine with layerwise_tokens"):
+        mask.clone(layerwise_tokens=True).init(jax.random.key(0), images)
+
+
 # ---------------------------------------------------------------------------- the gradient
 
 _X = np.array([[[0.5, -1.0], [2.0, 0.3], [-0.4, 1.2], [1.1, -0.7]]], np.float32)  # cls + 3
