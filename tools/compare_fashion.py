@@ -62,7 +62,7 @@ def train_seconds(workdir: str, batch: int) -> float:
 def run_one(row: study.Row, seed: int) -> dict:
     """Trains (or resumes) and evaluates one run; returns its log record."""
     workdir = os.path.join(_RUNS.value, f'{row.name}_s{seed}')
-    load = os.getloadavg()[0]
+    load, commit = os.getloadavg()[0], _git_commit()
     start = time.time()
     command = _python('tools/train.py', '--config', row.config_arg(seed), *row.flags())
     with open(os.path.join(_RUNS.value, f'{row.name}_s{seed}.log'), 'a') as log:
@@ -109,7 +109,7 @@ def run_one(row: study.Row, seed: int) -> dict:
         'wall_seconds': wall,
         'load_start': load,
         'load_end': os.getloadavg()[0],
-        'commit': _git_commit(),
+        'commit': commit,
         'date': datetime.datetime.now().isoformat(timespec='seconds'),
         'workdir': workdir,
     }
