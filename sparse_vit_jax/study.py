@@ -61,6 +61,7 @@ STUDY = (
         'SViTE 0.5, improved',
         'svite',
         3,
+        ('sparsity.regrown_moments=keep',),
     ),
     Row(
         'svite_0.5_imp_2x',

@@ -129,10 +129,13 @@ def main(argv):
     log_path = os.path.join(_RUNS.value, 'log.jsonl')
     os.makedirs(_RUNS.value, exist_ok=True)
     done = study.read_log(log_path)
-    todo = []
-    for row in rows:
-        seeds = [int(s) for s in _SEEDS.value] or list(range(row.seeds))
-        todo += [(row, seed) for seed in seeds if study.finished(done, row, seed) is None]
+    todo = []  # seed by seed, so that an interrupted study has every row at the same seeds
+    for seed in [int(s) for s in _SEEDS.value] or range(max(row.seeds for row in rows)):
+        todo += [
+            (row, seed)
+            for row in rows
+            if (_SEEDS.value or seed < row.seeds) and study.finished(done, row, seed) is None
+        ]
     print(f'[study] {len(todo)} runs to do, {_JOBS.value} at a time', flush=True)
     with concurrent.futures.ThreadPoolExecutor(_JOBS.value) as pool:
         futures = {pool.submit(run_one, row, seed): (row, seed) for row, seed in todo}
