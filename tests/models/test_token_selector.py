@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from sparse_vit_jax import config as config_lib
+from sparse_vit_jax import token_quality
 from sparse_vit_jax.models import create_model, create_model_from_config
 from sparse_vit_jax.models import token_selector as ts
 from sparse_vit_jax.sparsity import masks as masks_lib
@@ -382,6 +383,22 @@ def test_token_runs_train_and_their_checkpoints_evaluate(tiny_config, tmp_path, 
         out = tmp_path / 'tokens'
         written = _load_tool(_VISUALIZE).render_tokens(workdir, str(out), num_images=3)
         assert len(written) == 1 and os.path.getsize(written[0]) > 0
+        # Selection quality: the learned selection is the checkpoint's own; the reversed scorer
+        # keeps exactly the 8 patches the learned one leaves out; the flat one keeps random ones.
+        quality = token_quality.selection_quality(workdir)
+        assert quality['learned'] == report['top1'] and quality['mode'] == 'drop'
+        assert {'random', 'lowest'} <= set(quality) and 'dropped' not in quality
+        restored = evaluation.restore_model(workdir)
+        images = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
+        kept = lambda params, key: np.asarray(
+            ts.kept_patches(restored.model, params, images, rng=jax.random.key(key))
+        )
+        lowest = token_quality._with_scorer(restored.params, -1.0)
+        np.testing.assert_array_equal(kept(lowest, 0), ~kept(restored.params, 0))
+        gumbel = restored.model.clone(token_eval='gumbel')
+        flat = token_quality._with_scorer(restored.params, 0.0)
+        draws = [ts.kept_patches(gumbel, flat, images, rng=jax.random.key(k)) for k in range(2)]
+        assert not np.array_equal(*draws)
     else:  # half of the 4 heads per block, preserved through the topology updates
         assert report['active_heads'] == [2, 2]
 
