@@ -107,6 +107,24 @@ ABLATIONS = (
         2,
         ('sparsity.regrown_moments=reset',),
     ),
+    # Tuning, one seed each: ΔT 800 steps instead of 200 (update_every is at batch 128), and a
+    # prune rate starting at 0.2 instead of 0.5.
+    Row(
+        'svite_0.5_ref_dt800',
+        'method=svite,density=0.5',
+        'SViTE 0.5, reference, ΔT 800',
+        'svite',
+        1,
+        ('sparsity.update_every=400',),
+    ),
+    Row(
+        'svite_0.5_ref_rate0.2',
+        'method=svite,density=0.5',
+        'SViTE 0.5, reference, prune rate 0.2',
+        'svite',
+        1,
+        ('sparsity.prune_rate=0.2',),
+    ),
 )
 
 ROWS = {row.name: row for row in STUDY + ABLATIONS}
