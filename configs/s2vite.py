@@ -10,13 +10,12 @@ Args:
   neuron_density: kept fraction of MLP hidden neurons per block (other_density).
   fidelity: reference (the official code's decisions; pruned heads still emit their v-bias) |
     improved (see README).
-  seed.
+  epochs (600), batch (global; 0 = the paper's), seed.
 
 The recipe is the official scripts' (docs/reference.md §5.5): the DeiT recipe for 600 epochs,
 ΔT = 15000 steps at global batch 512 for Tiny and Small, and for Base global batch 1024, lr
 5e-4·1024/512 = 1e-3 (via lr_base_batch) and ΔT = 7000 at batch 1024; topology updates until
-t_end = 0.8 of the run. ΔT and the lr rescale with --config.batch_size (update_every_batch,
-lr_base_batch).
+t_end = 0.8 of the run. ΔT and the lr rescale with the batch (update_every_batch, lr_base_batch).
 
 The paper's (head_density, neuron_density) pairs and the units kept per block, int(H·d) heads
 and int(mlp·d) neurons (docs/reference.md §3.1; 0.7/0.6 is the "40% structured" released Base
@@ -41,15 +40,12 @@ PAPER_PAIRS = ((0.7, 0.7), (0.7, 0.6), (0.5, 0.5), (0.4, 0.4), (0.4, 0.3))
 def get_config(arg: str | None = None):
     arg = config_lib.parse_arg(
         arg,
-        model='deit_small',
+        **config_lib.IMAGENET_ARGS,
         head_density=0.7,
         neuron_density=0.6,
         fidelity='reference',
-        seed=0,
     )
-    c = config_lib.imagenet_config(arg.model)
-    c.seed = arg.seed
-    c.num_epochs = 600.0
+    c = config_lib.imagenet_config(arg.model, epochs=arg.epochs, batch=arg.batch, seed=arg.seed)
     c.sparsity.update(
         dict(
             method='s2vite',

@@ -9,7 +9,8 @@ gradient grow, prune rate cosine 0.5 → 0.005, ΔT = 15000 (Tiny/Small, global 
 Published top-1 (docs/reference.md §7): SViTE-Base density 0.6 ("40% sparse") 81.56 (released
 checkpoint); SViTE-Small density 0.5 ≈ 79.7 (read off the repository figure). Dense DeiT
 references: Tiny 72.2, Small 79.8, Base 81.8.
-Args: model, density, fidelity=reference|improved, epochs.
+Args: model, density, fidelity=reference|improved, epochs, batch (global; 0 = the paper's, with
+ΔT and the lr rescaled to it), seed.
 """
 
 from sparse_vit_jax import config as config_lib
@@ -17,10 +18,9 @@ from sparse_vit_jax import config as config_lib
 
 def get_config(arg: str | None = None):
     arg = config_lib.parse_arg(
-        arg, model='deit_small', density=0.5, fidelity='reference', epochs=600.0
+        arg, **config_lib.IMAGENET_ARGS, density=0.5, fidelity='reference'
     )
-    c = config_lib.imagenet_config(arg.model)
-    c.num_epochs = arg.epochs
+    c = config_lib.imagenet_config(arg.model, epochs=arg.epochs, batch=arg.batch, seed=arg.seed)
     c.sparsity.update(
         dict(method='svite', density=arg.density, distribution='erk', fidelity=arg.fidelity)
     )

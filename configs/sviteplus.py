@@ -20,7 +20,7 @@ Args:
   token_mode: drop | zero; token_eval: topk | gumbel. Empty (default): follow `fidelity`
     (reference: zero + gumbel, what the official code measures; improved: drop + topk).
   layerwise: also a selector in every block (the official `*_data` models).
-  fidelity: reference | improved; epochs; seed.
+  fidelity: reference | improved; epochs; batch (global; 0 = the paper's); seed.
 
 Recipe as the official scripts (docs/reference.md §5.5): DeiT for 600 epochs, ΔT = 15000 at global
 batch 512 (Tiny, Small) or 7000 at 1024 (Base, lr 1e-3 through lr_base_batch), updates until
@@ -39,7 +39,7 @@ TOKENS_BY_FIDELITY = {'reference': ('zero', 'gumbel'), 'improved': ('drop', 'top
 def get_config(arg: str | None = None):
     arg = config_lib.parse_arg(
         arg,
-        model='deit_small',
+        **config_lib.IMAGENET_ARGS,
         method='sviteplus',
         density=0.5,
         head_density=0.7,
@@ -50,8 +50,6 @@ def get_config(arg: str | None = None):
         token_eval='',
         layerwise=False,
         fidelity='reference',
-        epochs=600.0,
-        seed=0,
     )
     for name, value, choices in (
         ('model', arg.model, config_lib.PAPER_BATCH),
@@ -61,9 +59,7 @@ def get_config(arg: str | None = None):
     ):
         if value not in choices:
             raise ValueError(f'config arg {name}={value!r}; choose one of {sorted(choices)}')
-    c = config_lib.imagenet_config(arg.model)
-    c.seed = arg.seed
-    c.num_epochs = arg.epochs
+    c = config_lib.imagenet_config(arg.model, epochs=arg.epochs, batch=arg.batch, seed=arg.seed)
     structured = arg.method == 's2viteplus'
     c.sparsity.update(
         dict(

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import math
 from typing import Any
 
+import jax
 import ml_collections
 from ml_collections import config_dict
 
 from sparse_vit_jax.models import ALIASES, MODEL_CONFIGS, model_kwargs
 from sparse_vit_jax.models.token_selector import MODES as TOKEN_MODES
+from sparse_vit_jax.train import sharding as sharding_lib
 
 FIDELITIES = ('reference', 'improved')
 REGROWN_MOMENTS = ('', 'reset', 'keep')
@@ -124,6 +127,9 @@ def base_config() -> ml_collections.ConfigDict:
             eval_split='validation',
             recipe='deit',
             shuffle_buffer=25_000,
+            # Repeated augmentation: each image 3 times in a row, each copy augmented anew, an
+            # epoch as long as before. When the batch is not a multiple (the paper's 512 is not),
+            # some images' copies span two consecutive steps, as with DeiT's sampler.
             repeats=3,
             cache=False,
             eval_batch_size=768,
@@ -192,16 +198,32 @@ def base_config() -> ml_collections.ConfigDict:
 PAPER_BATCH = {'deit_tiny': 512, 'deit_small': 512, 'deit_base': 1024}
 PAPER_UPDATE_EVERY = {'deit_tiny': 15_000, 'deit_small': 15_000, 'deit_base': 7_000}
 
+# The args every ImageNet config (configs/dense.py, svite.py, s2vite.py, sviteplus.py) takes;
+# batch=0 is the paper's batch for the model size.
+IMAGENET_ARGS = dict(model='deit_small', epochs=600.0, batch=0, seed=0)
 
-def imagenet_config(model: str) -> ml_collections.ConfigDict:
-    """The DeiT recipe on ImageNet for `model` (deit_tiny|deit_small|deit_base), at the paper's
-    global batch (lr = 5e-4 · batch / 512) and ΔT for that size; every method switched off."""
+
+def imagenet_config(
+    model: str, *, epochs: float = 600.0, batch: int = 0, seed: int = 0
+) -> ml_collections.ConfigDict:
+    """The DeiT recipe on ImageNet for `model` (deit_tiny|deit_small|deit_base) with every method
+    switched off: `epochs`, and the paper's global batch for the size unless `batch` is given.
+
+    lr = 5e-4 · batch / 512 and ΔT is the paper's at the paper's batch, rescaled to the run's
+    (lr_base_batch, update_every_batch), so a smaller batch keeps the recipe. The eval batch is
+    1.5× the paper's batch as in the official scripts, or `batch` when one is given (it fits in
+    memory where training does, and divides the devices as the batch must).
+    """
     if model not in PAPER_BATCH:
         raise ValueError(f'config arg model={model!r}; choose one of {sorted(PAPER_BATCH)}')
+    if batch < 0:
+        raise ValueError(f'config arg batch={batch} must be positive (0: the paper\'s batch)')
     c = base_config()
     c.model = model_config(model)
-    c.batch_size = PAPER_BATCH[model]
-    c.data.eval_batch_size = PAPER_BATCH[model] * 3 // 2  # the official eval batch is 1.5× train
+    c.seed = seed
+    c.num_epochs = epochs
+    c.batch_size = batch or PAPER_BATCH[model]
+    c.data.eval_batch_size = batch or PAPER_BATCH[model] * 3 // 2
     c.sparsity.update_every = PAPER_UPDATE_EVERY[model]
     c.sparsity.update_every_batch = PAPER_BATCH[model]
     return c
@@ -216,8 +238,36 @@ def _check(ok: bool, message: str) -> None:
         raise ValueError(message)
 
 
+def mixup_enabled(c: ml_collections.ConfigDict) -> bool:
+    """Whether the run mixes images (Mixup or CutMix, on device)."""
+    m = c.mixup
+    return m.prob > 0 and (m.mixup_alpha > 0 or m.cutmix_alpha > 0)
+
+
+def _check_batches(c: ml_collections.ConfigDict) -> None:
+    """Batch sizes that Mixup/CutMix and the devices can split, checked before any data or
+    compile work (the train step would only find out after building the input pipeline)."""
+    batch, eval_batch = c.batch_size, c.data.eval_batch_size
+    _check(batch > 0, f'config.batch_size must be positive, got {batch}')
+    _check(eval_batch > 0, f'config.data.eval_batch_size must be positive, got {eval_batch}')
+    _check(c.data.repeats >= 1, f'config.data.repeats must be >= 1, got {c.data.repeats}')
+    if mixup_enabled(c) and batch % 2:
+        multiple = math.lcm(2, jax.device_count(), jax.process_count())
+        raise ValueError(
+            f'config.batch_size={batch} is odd, but Mixup/CutMix mixes every image with another '
+            f'of its batch; use a multiple of {multiple} (e.g. {-(-batch // multiple) * multiple})'
+            ', or turn mixing off with --config.mixup.prob=0'
+        )
+    sharding_lib.local_batch_size(batch, 'config.batch_size')
+    sharding_lib.local_batch_size(eval_batch, 'config.data.eval_batch_size')
+
+
 def validate(c: ml_collections.ConfigDict) -> None:
-    """Rejects out-of-range values with a message that names the field and the fix."""
+    """Rejects out-of-range values with a message that names the field and the fix.
+
+    Batch sizes are checked against this process's JAX devices too, so call it where the run
+    will happen (after jax.distributed.initialize on a pod).
+    """
     name = ALIASES.get(c.model.name, c.model.name)
     _check(
         name in MODEL_CONFIGS,
@@ -228,7 +278,6 @@ def validate(c: ml_collections.ConfigDict) -> None:
         c.model.dtype in COMPUTE_DTYPES,
         f'config.model.dtype={c.model.dtype!r}; choose one of {COMPUTE_DTYPES}',
     )
-    _check(c.batch_size > 0, f'config.batch_size must be positive, got {c.batch_size}')
     _check(c.num_epochs > 0, f'config.num_epochs must be positive, got {c.num_epochs}')
     _check(c.optimizer.lr > 0, f'config.optimizer.lr must be positive, got {c.optimizer.lr}')
     _check(
@@ -296,6 +345,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
         f"config.tokens.eval_mode must be 'topk' or 'gumbel', got {t.eval_mode!r}",
     )
     _check(c.mesh.fsdp >= 1, f'config.mesh.fsdp must be >= 1, got {c.mesh.fsdp}')
+    _check_batches(c)
     _check(
         c.log_every_steps > 0 and c.checkpoint_every_steps > 0 and c.keep_checkpoints > 0,
         'config.log_every_steps, checkpoint_every_steps and keep_checkpoints must be positive',

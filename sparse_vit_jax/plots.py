@@ -11,6 +11,8 @@ from typing import Mapping, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
+from sparse_vit_jax.layer_order import layer_sort_key
+
 
 def unnormalize(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
     """Normalized (B, H, W, C) images back to [0, 1] for display."""
@@ -63,20 +65,6 @@ def token_selection_figure(
 
 
 # ----------------------------------------------------------------------------- sparsity
-
-# Sub-layers in the order a block computes them (alphabetical order would put proj before qkv).
-_SUBLAYERS = ('attn/qkv', 'attn/proj', 'mlp/fc1', 'mlp/fc2')
-
-
-def layer_sort_key(name: str) -> tuple[int, int, int, str]:
-    """Model order for layer names ('patch_embed/kernel', 'blocks_10/mlp/fc1/kernel', 'head/
-    kernel', ...): patch embedding, blocks by depth (not blocks_10 before blocks_2), head."""
-    first, _, rest = name.partition('/')
-    if first.startswith('blocks_'):
-        sub = next((i for i, s in enumerate(_SUBLAYERS) if rest.startswith(s)), len(_SUBLAYERS))
-        return (1, int(first.split('_')[1]), sub, rest)
-    group = {'patch_embed': 0, 'head': 3}.get(first, 2)
-    return (group, 0, 0, name)
 
 
 def layer_label(name: str) -> str:

@@ -24,6 +24,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from sparse_vit_jax.errors import DatasetNotPreparedError
+from sparse_vit_jax.train.sharding import local_batch_size
 
 # TensorFlow only feeds the input pipeline; the accelerators belong to JAX.
 tf.config.set_visible_devices([], 'GPU')
@@ -33,23 +34,49 @@ TrainPreprocess = Callable[[Features, tf.Tensor], dict[str, tf.Tensor]]  # (feat
 EvalPreprocess = Callable[[Features], dict[str, tf.Tensor]]
 
 
-# Datasets tools/prepare_data.py knows how to prepare.
-PREPARABLE = ('fashion_mnist', 'imagenet2012')
+# Datasets tools/prepare_data.py knows how to prepare, and the flags it needs for each.
+PREPARE_FLAGS = {
+    'fashion_mnist': '',
+    'imagenet2012': ' --manual_dir FOLDER_WITH_THE_ILSVRC2012_TARS',
+}
+
+
+def is_prepared(builder: tfds.core.DatasetBuilder) -> bool:
+    """Whether TFDS finished preparing the builder's dataset (it writes dataset_info.json last).
+
+    Unlike `builder.is_prepared()`, it does not log TFDS's warning that the version folder of a
+    dataset not prepared yet "has no dataset_info.json".
+    """
+    return tf.io.gfile.exists(os.path.join(builder.data_dir, 'dataset_info.json'))
+
+
+def prepare_hint(name: str, data_dir: str | None) -> str:
+    """The command that prepares `name` where the config reads it ('' if we cannot)."""
+    if name not in PREPARE_FLAGS:
+        return ''
+    flag = f' --data_dir {data_dir}' if data_dir else ''
+    command = f'python tools/prepare_data.py {name}{PREPARE_FLAGS[name]}{flag}'
+    if name == 'imagenet2012':
+        command += (
+            '\n(the folder holds ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar from '
+            'image-net.org; README "Smoke-test the ImageNet path" tries everything on a tiny '
+            'synthetic stand-in first)'
+        )
+    return f'Prepare it with:\n  {command}'
 
 
 def load_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
     """The TFDS builder of a prepared dataset, or a clear error that says how to prepare it."""
-    flag = f' --data_dir {data_dir}' if data_dir else ''
-    how = f'Prepare it with:\n  python tools/prepare_data.py {name}{flag}'
+    how = prepare_hint(name, data_dir)
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError:  # not a TFDS name, nothing in data_dir
         where = data_dir or 'the TFDS data dir'
         raise DatasetNotPreparedError(
             f'TFDS dataset {name!r} is not registered and not prepared in {where}. Check '
-            'config.data.name and config.data.data_dir.' + (f' {how}' if name in PREPARABLE else '')
+            'config.data.name and config.data.data_dir.' + (f' {how}' if how else '')
         ) from None
-    if not tf.io.gfile.exists(os.path.join(builder.data_dir, 'dataset_info.json')):
+    if not is_prepared(builder):
         raise DatasetNotPreparedError(
             f'TFDS dataset {name!r} is not prepared in {builder.data_dir}. {how}'
         )
@@ -60,18 +87,6 @@ def process_split(builder: tfds.core.DatasetBuilder, split: str) -> tuple[str, i
     """This process's even share of `split` and its number of examples."""
     share = tfds.even_splits(split, n=jax.process_count())[jax.process_index()]
     return share, builder.info.splits[share].num_examples
-
-
-def local_batch_size(global_batch: int) -> int:
-    """Examples per process; global batches must split evenly over processes and devices."""
-    processes, devices = jax.process_count(), jax.device_count()
-    if global_batch % devices or global_batch % processes:
-        raise ValueError(
-            f'global batch {global_batch} does not divide evenly over {devices} devices and '
-            f'{processes} processes; choose a multiple of {devices} (e.g. '
-            f'{max(devices, global_batch // devices * devices)}).'
-        )
-    return global_batch // processes
 
 
 def _options() -> tf.data.Options:
@@ -245,9 +260,22 @@ class EvalInput:
 
     @property
     def num_batches(self) -> int:
-        """The same on every process: enough batches for the largest share."""
-        per_process = math.ceil(self.num_examples / jax.process_count())
-        return math.ceil(per_process / local_batch_size(self.global_batch))
+        """The same on every process: enough batches of at most the configured size for the
+        largest share."""
+        return math.ceil(self._largest_share / local_batch_size(self.global_batch))
+
+    @property
+    def local_batch(self) -> int:
+        """Examples per process and batch: the configured batch, shrunk to spread the largest
+        share evenly over `num_batches` (a multiple of this process's devices), so padding stays
+        under one example per device and batch: 12 images are not padded to a batch of 768."""
+        devices = jax.local_device_count()
+        even = math.ceil(self._largest_share / self.num_batches)
+        return math.ceil(even / devices) * devices
+
+    @property
+    def _largest_share(self) -> int:
+        return math.ceil(self.num_examples / jax.process_count())
 
     def dataset(self) -> tf.data.Dataset:
         share, _ = process_split(self.builder, self.split)
@@ -266,7 +294,7 @@ class EvalInput:
 
         ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         padding = ds.take(1).map(lambda x: tf.nest.map_structure(tf.zeros_like, x)).repeat()
-        ds = ds.concatenate(padding).batch(local_batch_size(self.global_batch))
+        ds = ds.concatenate(padding).batch(self.local_batch)
         return ds.take(self.num_batches).prefetch(tf.data.AUTOTUNE).with_options(_options())
 
     def batches(self) -> Iterator[dict[str, np.ndarray]]:

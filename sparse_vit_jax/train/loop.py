@@ -24,6 +24,7 @@ from sparse_vit_jax import config as config_lib
 from sparse_vit_jax import data as data_lib
 from sparse_vit_jax.data import mixup
 from sparse_vit_jax.errors import CheckpointError, NonFiniteError
+from sparse_vit_jax.layer_order import in_model_order
 from sparse_vit_jax.models import create_model_from_config
 from sparse_vit_jax.sparsity import api as sparsity_api
 from sparse_vit_jax.sparsity import schedules
@@ -42,9 +43,9 @@ logger = logging.getLogger(__name__)
 
 def mixup_fn(config: ml_collections.ConfigDict):
     """Mixup/CutMix on device (timm's batch mode with label smoothing), or None when off."""
-    m = config.mixup
-    if m.prob <= 0 or (m.mixup_alpha <= 0 and m.cutmix_alpha <= 0):
+    if not config_lib.mixup_enabled(config):
         return None
+    m = config.mixup
     return functools.partial(
         mixup.mixup_cutmix,
         num_classes=config.model.num_classes,
@@ -279,6 +280,8 @@ class Trainer:
         if values is None or int(values['last_update_step']) == self.logged_update:
             return
         self.logged_update = int(values['last_update_step'])
+        for per_layer in ('layer_density', 'layer_moved'):  # jit returns dicts in text order
+            values[per_layer] = in_model_order(values[per_layer])
         self.writer.write(int(state.step), 'sparsity', values)
         logger.info(
             'sparsity at step %d: density %.4f, fired %.4f, %d weights moved at step %d',

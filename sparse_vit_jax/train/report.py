@@ -8,6 +8,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from sparse_vit_jax.layer_order import in_model_order
 from sparse_vit_jax.sparsity import masks as masks_lib
 from sparse_vit_jax.sparsity.api import apply_weight_masks
 
@@ -32,7 +33,8 @@ def params_fingerprint(params: Any, masks: Any = None) -> str:
 
 
 def describe(params: Any, masks: dict | None) -> dict[str, Any]:
-    """Parameter counts and the density of every masked layer / structured unit set.
+    """Parameter counts and the density of every masked layer (in model order) /
+    structured unit set.
 
     `nonzero_params` counts what the model uses: nonzero params outside the weight masks (the
     gated units of improved S²ViTE keep frozen weights that their gates silence).
@@ -45,7 +47,7 @@ def describe(params: Any, masks: dict | None) -> dict[str, Any]:
     if masks is None:
         return report
     if masks.get('weights') is not None:
-        report['layer_density'] = masks_lib.weight_density_stats(masks['weights'])
+        report['layer_density'] = in_model_order(masks_lib.weight_density_stats(masks['weights']))
         report['density'] = masks_lib.overall_weight_density(masks['weights'])
     for unit in ('heads', 'neurons'):
         if masks.get(unit) is not None:

@@ -32,6 +32,19 @@ def make_mesh(mesh_config: Any) -> Mesh:
     return Mesh(mesh_utils.create_device_mesh((data, fsdp)), DATA_AXES)
 
 
+def local_batch_size(global_batch: int, name: str = 'global batch') -> int:
+    """Examples per process; a global batch (`name` says which) must split evenly over the
+    processes and devices."""
+    processes, devices = jax.process_count(), jax.device_count()
+    if global_batch % devices or global_batch % processes:
+        raise ValueError(
+            f'{name}={global_batch} does not divide evenly over {devices} devices and '
+            f'{processes} processes; choose a multiple of {devices} (e.g. '
+            f'{max(devices, global_batch // devices * devices)}).'
+        )
+    return global_batch // processes
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(DATA_AXES))
 

@@ -56,6 +56,16 @@ def test_eval_counts_every_example_exactly_once(tiny_config, tiny_data_dir):
     assert collections.Counter(labels.tolist()) == expected
 
 
+@pytest.mark.parametrize('eval_batch, batches, size', [(768, 1, 23), (10, 3, 8), (23, 1, 23)])
+def test_eval_batches_pad_no_more_than_the_split_needs(tiny_config, eval_batch, batches, size):
+    """23 examples: one batch of 23 instead of 745 padding images at the default-sized 768;
+    batches of at most the configured size spread evenly (3 of 8, not 10 + 10 + 3 padded)."""
+    _, evaluation = data_lib.make_inputs(tiny_config(**{'data.eval_batch_size': eval_batch}))
+    shapes = [b['image'].shape[0] for b in evaluation.batches()]
+    assert shapes == [size] * batches and evaluation.num_batches == batches
+    assert batches * size - 23 < batches  # under one padding example per batch (1 device)
+
+
 def test_eval_counts_once_on_eight_devices(tiny_data_dir, run_with_devices):
     out = run_with_devices(f'''
         import sys; sys.path.insert(0, 'configs')

@@ -185,7 +185,7 @@ def test_batch_that_does_not_divide_8_devices(tiny_data_dir, run_with_devices):
         except ValueError as error:
             print(error)
     ''')
-    assert 'global batch 12 does not divide evenly over 8 devices' in output
+    assert 'config.batch_size=12 does not divide evenly over 8 devices' in output
 
 
 @pytest.fixture
