@@ -25,12 +25,10 @@ import importlib.util
 import json
 import os
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+from absl import app, flags
+from ml_collections import config_flags
 
-from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from sparse_vit_jax import cli  # noqa: E402
+from sparse_vit_jax import cli  # first: it sets up TensorFlow's environment
 
 COMMANDS = ('train', 'infer', 'input')
 DEFAULT_INPUT_CONFIG = ('dense.py', 'model=deit_tiny')

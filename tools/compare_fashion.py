@@ -19,14 +19,12 @@ import subprocess
 import sys
 import time
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+import ml_collections
+from absl import flags
 
-import ml_collections  # noqa: E402
-from absl import flags  # noqa: E402
-
-from sparse_vit_jax import cli, flops, plots, study  # noqa: E402
-from sparse_vit_jax.train.checkpoint import Checkpointer  # noqa: E402
-from sparse_vit_jax.train.metrics import read_metrics  # noqa: E402
+from sparse_vit_jax import cli, flops, plots, study
+from sparse_vit_jax.train.checkpoint import Checkpointer
+from sparse_vit_jax.train.metrics import read_metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

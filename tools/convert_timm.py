@@ -12,15 +12,13 @@ eval pipeline.
 
 import os
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+import jax
+from absl import app, flags
 
-import jax  # noqa: E402
-from absl import app, flags  # noqa: E402
-
-from sparse_vit_jax import config as config_lib  # noqa: E402
-from sparse_vit_jax import cli, convert  # noqa: E402
-from sparse_vit_jax.models import create_model_from_config  # noqa: E402
-from sparse_vit_jax.train.checkpoint import Checkpointer  # noqa: E402
+from sparse_vit_jax import config as config_lib
+from sparse_vit_jax import cli, convert
+from sparse_vit_jax.models import create_model_from_config
+from sparse_vit_jax.train.checkpoint import Checkpointer
 
 _WEIGHTS = flags.DEFINE_string('weights', None, 'timm state dict file.', required=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints/ is written.', required=True)

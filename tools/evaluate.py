@@ -10,14 +10,11 @@ the tokens it ranks lowest (how much the selector learned).
 """
 
 import json
-import os
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+from absl import app, flags
 
-from absl import app, flags  # noqa: E402
-
-from sparse_vit_jax import cli  # noqa: E402
-from sparse_vit_jax.train import evaluation  # noqa: E402
+from sparse_vit_jax import cli  # first: it sets up TensorFlow's environment
+from sparse_vit_jax.train import evaluation
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Workdir with checkpoints/.', required=True)
 _STEP = flags.DEFINE_integer('step', None, 'Checkpoint step (default: latest).')

@@ -9,14 +9,11 @@ head/neuron masks (dense, SViTE) are refused with a non-zero exit.
 """
 
 import json
-import os
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+from absl import app, flags
 
-from absl import app, flags  # noqa: E402
-
-from sparse_vit_jax import cli  # noqa: E402
-from sparse_vit_jax.export import export_slim  # noqa: E402
+from sparse_vit_jax import cli  # first: it sets up TensorFlow's environment
+from sparse_vit_jax.export import export_slim
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'S²ViTE run with checkpoints/.', required=True)
 _OUT = flags.DEFINE_string('out', None, 'New workdir for the slim checkpoint.', required=True)

@@ -9,16 +9,13 @@ forward (see sparse_vit_jax/flops.py for what each counts).
 """
 
 import json
-import os
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+from absl import app, flags
+from ml_collections import config_flags
 
-from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from sparse_vit_jax import cli  # noqa: E402
-from sparse_vit_jax import config as config_lib  # noqa: E402
-from sparse_vit_jax import flops  # noqa: E402
+from sparse_vit_jax import cli  # first: it sets up TensorFlow's environment
+from sparse_vit_jax import config as config_lib
+from sparse_vit_jax import flops
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file (path[:args]).', lock_config=True

@@ -6,14 +6,10 @@
 SIGTERM (preemption) saves the current step and exits 0; run the same command to continue.
 """
 
-import os
+from absl import app, flags
+from ml_collections import config_flags
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-
-from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from sparse_vit_jax import cli  # noqa: E402
+from sparse_vit_jax import cli  # first: it sets up TensorFlow's environment
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file (path[:args]).', lock_config=True

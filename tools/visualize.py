@@ -26,14 +26,10 @@ WORKDIR/plots (for accuracy alone: plots/ beside the results file). The drawing 
 sparse_vit_jax/visualize.py and sparse_vit_jax/plots.py.
 """
 
-import os
+from absl import app, flags
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-
-from absl import app, flags  # noqa: E402
-
-from sparse_vit_jax import cli  # noqa: E402
-from sparse_vit_jax.visualize import (  # noqa: E402
+from sparse_vit_jax import cli  # first: it sets up TensorFlow's environment
+from sparse_vit_jax.visualize import (
     render_accuracy,
     render_all,
     render_density,

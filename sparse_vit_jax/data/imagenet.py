@@ -14,17 +14,23 @@ TFDS's real `imagenet2012` builder reads a manual_dir holding
 The builder only finds out about problems after minutes to hours of work,
 with unhelpful errors; `check_manual_dir` reads just the tar headers and
 says what is wrong and how to fix it. `write_fake_manual_dir` writes a small
-synthetic manual_dir in the same format for tests and benchmarks.
+synthetic manual_dir in the same format (tests, benchmarks), and
+`prepare_fake_imagenet2012` prepares one whose validation labels are its own
+classes (`tools/prepare_data.py imagenet2012 --fake N`, a smoke test).
 """
 
 import io
+import logging
 import os
 import re
 import tarfile
+import tempfile
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+
+from sparse_vit_jax.data import pipeline
 
 TRAIN_TAR = 'ILSVRC2012_img_train.tar'
 VAL_TAR = 'ILSVRC2012_img_val.tar'
@@ -174,11 +180,24 @@ def check_manual_dir(manual_dir, *, check_inner_members=False):
     _check_val_tar(os.path.join(manual_dir, VAL_TAR))
 
 
+class _NoTestSplitWarning(logging.Filter):
+    """Drops the builder's warning that ILSVRC2012_img_test.tar is missing: the test split has
+    no labels, training never reads it, and the ILSVRC download is two tars without it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            str(record.msg).startswith('ImageNet 2012 Challenge %s split not found')
+            and record.args
+            and record.args[0] == 'test'
+        )
+
+
 def prepare_imagenet2012(data_dir, manual_dir, *, log=None):
     """Builds TFDS `imagenet2012` in `data_dir` from `manual_dir` once.
 
     A no-op (apart from the log line) when the dataset is already prepared;
-    otherwise checks `manual_dir` first, then runs the real TFDS builder.
+    otherwise checks `manual_dir` first, then runs the real TFDS builder on
+    the train and validation tars.
     Run it in one process only (e.g. process 0) and let the others wait.
 
     Args:
@@ -193,16 +212,82 @@ def prepare_imagenet2012(data_dir, manual_dir, *, log=None):
     builder = tfds.builder(
         'imagenet2012', data_dir=None if data_dir is None else os.fspath(data_dir)
     )
-    if builder.is_prepared():
+    if pipeline.is_prepared(builder):
         log(f'imagenet2012 already prepared in {builder.data_dir}')
         return builder
     check_manual_dir(manual_dir)
-    log(f'preparing imagenet2012 from {manual_dir} into {builder.data_dir}')
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir))
-    )
+    log(f'preparing imagenet2012 (train and validation) from {manual_dir} into {builder.data_dir}')
+    quiet = _NoTestSplitWarning()
+    absl_logger = logging.getLogger('absl')
+    absl_logger.addFilter(quiet)
+    try:
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir))
+        )
+    finally:
+        absl_logger.removeFilter(quiet)
     log(f'prepared imagenet2012: {builder.info.splits}')
     return builder
+
+
+def validation_wnids():
+    """The wnid of every ILSVRC2012 validation image, in file-name order (TFDS's
+    `validation_labels.txt`: TFDS labels the i-th validation image by its line i)."""
+    path = tfds.core.tfds_path('datasets/imagenet2012/validation_labels.txt')
+    return path.read_text().split()
+
+
+def fake_classes(num_classes):
+    """Classes and validation count for a fake manual_dir whose validation split is consistent.
+
+    TFDS labels validation image i by position, so a fake with some classes and validation
+    images 1..n evaluates against the real labels of images 1..n: with arbitrary classes
+    nearly all of those lie outside the trained ones and accuracy is ~0 by construction.
+    Taking the classes of the first validation images instead, every validation label is a
+    trained class.
+
+    Returns:
+      (wnids, num_val): the wnids of validation images 1..num_val, `num_classes` of them
+      (first-appearance order), and the longest such prefix.
+    """
+    if num_classes < 1:
+        raise ValueError(f'num_classes must be >= 1, got {num_classes}')
+    labels = validation_wnids()
+    wnids = []
+    for count, wnid in enumerate(labels):
+        if wnid not in wnids:
+            if len(wnids) == num_classes:
+                return wnids, count
+            wnids.append(wnid)
+    if len(wnids) < num_classes:
+        raise ValueError(f'ILSVRC2012 has {len(wnids)} classes; asked for {num_classes}')
+    return wnids, len(labels)
+
+
+def prepare_fake_imagenet2012(data_dir, num_classes, *, images_per_class=10, seed=0, log=None):
+    """Prepares a tiny synthetic `imagenet2012` (ILSVRC tars written by `write_fake_manual_dir`,
+    then the real TFDS builder, as for the real tars): `num_classes` classes of
+    `images_per_class` train images, and the validation images whose labels are those classes.
+
+    For smoke-testing the ImageNet path (the images carry no class signal: accuracy stays at
+    chance). The tars are written to a temporary folder, removed afterwards.
+    Returns the prepared builder.
+    """
+    log = log or (lambda message: None)
+    builder = tfds.builder('imagenet2012', data_dir=os.fspath(data_dir))
+    if pipeline.is_prepared(builder):
+        log(f'imagenet2012 already prepared in {builder.data_dir}')
+        return builder
+    wnids, num_val = fake_classes(num_classes)
+    with tempfile.TemporaryDirectory() as manual_dir:
+        log(
+            f'writing fake ILSVRC2012 tars to {manual_dir}: {num_classes} classes × '
+            f'{images_per_class} train images, {num_val} validation images'
+        )
+        write_fake_manual_dir(
+            manual_dir, wnids=wnids, images_per_class=images_per_class, num_val=num_val, seed=seed
+        )
+        return prepare_imagenet2012(data_dir, manual_dir, log=log)
 
 
 def synthetic_image(rng, shape):
