@@ -107,8 +107,8 @@ ABLATIONS = (
         2,
         ('sparsity.regrown_moments=reset',),
     ),
-    # Tuning, one seed each: ΔT 800 steps instead of 200 (update_every is at batch 128), and a
-    # prune rate starting at 0.2 instead of 0.5.
+    # Tuning, one seed each: ΔT 800 or 1600 steps instead of 200 (update_every is at batch 128),
+    # a prune rate starting at 0.2 instead of 0.5, updates ending at half the run.
     Row(
         'svite_0.5_ref_dt800',
         'method=svite,density=0.5',
@@ -124,6 +124,22 @@ ABLATIONS = (
         'svite',
         1,
         ('sparsity.prune_rate=0.2',),
+    ),
+    Row(
+        'svite_0.5_ref_dt1600',
+        'method=svite,density=0.5',
+        'SViTE 0.5, reference, ΔT 1600',
+        'svite',
+        1,
+        ('sparsity.update_every=800',),
+    ),
+    Row(
+        'svite_0.5_ref_dt800_tend0.5',
+        'method=svite,density=0.5',
+        'SViTE 0.5, reference, ΔT 800, t_end 0.5',
+        'svite',
+        1,
+        ('sparsity.update_every=400', 'sparsity.t_end=0.5'),
     ),
 )
 
