@@ -20,6 +20,7 @@ from ml_collections import config_dict
 from sparse_vit_jax.models import ALIASES, MODEL_CONFIGS, model_kwargs
 from sparse_vit_jax.models.token_selector import MODES as TOKEN_MODES
 from sparse_vit_jax.train import sharding as sharding_lib
+from sparse_vit_jax.models.vit import REMAT_CHOICES
 
 FIDELITIES = ('reference', 'improved')
 REGROWN_MOMENTS = ('', 'reset', 'keep')
@@ -111,6 +112,7 @@ def model_config(name: str, **overrides: Any) -> ml_collections.ConfigDict:
     """The model section: the registered name plus every constructor field, overridable."""
     kwargs = model_kwargs(name, **overrides)
     kwargs.setdefault('head_dim', 0)
+    kwargs.setdefault('remat', 'none')
     return ml_collections.ConfigDict(dict(name=ALIASES.get(name, name), dtype='float32', **kwargs))
 
 
@@ -277,6 +279,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _check(
         c.model.dtype in COMPUTE_DTYPES,
         f'config.model.dtype={c.model.dtype!r}; choose one of {COMPUTE_DTYPES}',
+    )
+    _check(
+        c.model.remat in REMAT_CHOICES,
+        f'config.model.remat={c.model.remat!r}; choose one of {REMAT_CHOICES} '
+        '(block or dots trade compute for activation memory)',
     )
     _check(c.num_epochs > 0, f'config.num_epochs must be positive, got {c.num_epochs}')
     _check(c.optimizer.lr > 0, f'config.optimizer.lr must be positive, got {c.optimizer.lr}')

@@ -7,6 +7,10 @@
   python tools/benchmark.py input [--config configs/dense.py:model=deit_tiny] --num_images 512 \
       [--augment full|light] [--train_demand_model deit_tiny_patch16_224] [--json]
 
+  XLA_FLAGS=--xla_force_host_platform_device_count=8 python tools/benchmark.py memory \
+      --config configs/svite.py:model=deit_base --batch 1024 --dtype bfloat16 \
+      [--config.model.remat=block] [--config.mesh.fsdp=8] [--json]
+
 train|infer --model: images/s of the real train step (DeiT AdamW, dense) or the forward on random
 inputs: median over --steps timed steps after --warmup, step time median/p10/p90, compile
 seconds, peak RSS, XLA GFLOPs per image and achieved GFLOP/s, also as a fraction of a large
@@ -17,8 +21,10 @@ them), measured in alternating blocks of --block steps, and ratio = JAX / timm.
 train --config: the config's sparse train step against dense (overhead, the topology update
 amortized over ΔT); --baseline CONFIG compares with that dense config instead (a narrow dense
 model against the full-width one). infer --config: the deployed model (slim S²ViTE, dropped
-tokens) against dense (time_saving beside flops_saving). input: the production ImageNet
-pipeline on --num_images fake 375×500 JPEGs, optionally against a model's train-step demand.
+tokens) against dense (time_saving beside flops_saving). memory: XLA's memory analysis of the
+config's (or --model's) train step at global --batch on the config's mesh over all visible
+devices, per device, compiled but never run. input: the production ImageNet pipeline on
+--num_images fake 375×500 JPEGs, optionally against a model's train-step demand.
 """
 
 import importlib.util
@@ -30,7 +36,7 @@ from ml_collections import config_flags
 
 from sparse_vit_jax import cli  # first: it sets up TensorFlow's environment
 
-COMMANDS = ('train', 'infer', 'input')
+COMMANDS = ('train', 'infer', 'memory', 'input')
 DEFAULT_INPUT_CONFIG = ('dense.py', 'model=deit_tiny')
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -98,6 +104,11 @@ def run_command(command: str) -> dict:
         )
     if (_MODEL.value is None) == (_CONFIG.value is None):
         raise app.UsageError(f'{command} needs exactly one of --model and --config')
+    if command == 'memory':
+        from sparse_vit_jax.benchmark import jax_bench, memory
+
+        config = _CONFIG.value or jax_bench.model_bench_config(_MODEL.value, _BATCH.value)
+        return memory.train_memory(config, batch=_BATCH.value, dtype=_DTYPE.value)
     if _MODEL.value:
         return benchmark.model_speed(
             command,
@@ -125,6 +136,16 @@ def run_command(command: str) -> dict:
 def describe(result: dict) -> str:
     """A few human lines (--json prints everything)."""
     mode = result['mode']
+    if mode == 'memory':
+        b = result['bytes_per_device']
+        gib = lambda key: f'{b[key] / 2**30:.2f} GiB'
+        return (
+            f"memory per device ({result['backend']}, mesh {result['mesh']}): "
+            f"{result['model']} {result['config_method']} {result['dtype']} remat "
+            f"{result['remat']}, {result['per_device_batch']} images/device: peak "
+            f"≤ {result['peak_gib_per_device']:.2f} GiB = arguments {gib('argument')} + outputs "
+            f"{gib('output')} − aliased {gib('alias')} + temporaries {gib('temp')}"
+        )
     head = f"{mode}: {result['images_per_sec']:.1f} images/s"
     if mode == 'input':
         line = (

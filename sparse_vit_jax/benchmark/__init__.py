@@ -9,12 +9,21 @@
 - `input_speed(config, ...)`: the production ImageNet input pipeline on fake 375×500 JPEGs.
 
 Numbers are medians over timed steps after warm-up, each step timed to completion; whatever is
-compared is measured in alternating blocks in one process (`timing.alternate`).
+compared is measured in alternating blocks in one process (`timing.alternate`). Only
+`input_speed` needs TensorFlow; it is imported on first use.
 """
 
-from sparse_vit_jax.benchmark.input import input_speed
 from sparse_vit_jax.benchmark.measure import inference_saving, model_speed, sparse_train_overhead
 from sparse_vit_jax.benchmark.timing import Runner, Timings, alternate
+
+
+def __getattr__(name):
+    if name == 'input_speed':
+        from sparse_vit_jax.benchmark.input import input_speed
+
+        return input_speed
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+
 
 __all__ = [
     'Runner',

@@ -22,7 +22,7 @@ from sparse_vit_jax.benchmark.timing import Runner
 from sparse_vit_jax.models import create_model_from_config
 from sparse_vit_jax.sparsity import api as sparsity_api
 from sparse_vit_jax.sparsity import schedules
-from sparse_vit_jax.train import loop
+from sparse_vit_jax.train import steps as steps_lib
 from sparse_vit_jax.train import optimizer as optimizer_lib
 from sparse_vit_jax.train import sharding as sharding_lib
 from sparse_vit_jax.train.state import TrainState, create_train_state, init_params
@@ -73,11 +73,13 @@ def _mesh(config: ml_collections.ConfigDict, batch: int) -> jax.sharding.Mesh:
 
 
 def random_batch(config: ml_collections.ConfigDict, batch: int, sharding: Any) -> dict:
-    """Normal images of the model's size and uniform labels, placed like training's batches."""
+    """Normal images of the model's size and uniform labels, placed like training's batches
+    (left where they are when `sharding` is None)."""
     image_key, label_key = jax.random.split(jax.random.key(1))
     images = jax.random.normal(image_key, (batch,) + image_shape(config), jnp.float32)
     labels = jax.random.randint(label_key, (batch,), 0, config.model.num_classes, jnp.int32)
-    return jax.device_put({'image': images, 'label': labels}, sharding)
+    batch = {'image': images, 'label': labels}
+    return batch if sharding is None else jax.device_put(batch, sharding)
 
 
 def update_every(config: ml_collections.ConfigDict) -> int:
@@ -100,19 +102,20 @@ def with_count(state: TrainState, count: jax.Array) -> TrainState:
     return state.replace(step=count)
 
 
-class TrainBench:
-    """A config's train step compiled once, with its own state and one random batch.
+class TrainProgram:
+    """A config's train step lowered and compiled for its mesh from shapes alone: no state or
+    batch is allocated, so any model, batch and mesh compiles on any host (XLA's memory
+    analysis of a 256-per-device DeiT-B step needs no accelerator).
 
-    `runner(name, count)` times steps taken from optimizer step `count`: the sparse
-    transformation updates the topology after step t = count + 1 iff that is an update step,
-    so count=0 times regular steps and count=ΔT−1 times update steps, with the same executable
-    and the same state (the count is an argument, so XLA cannot fold the update away).
+    The jitted function takes (state, batch, count): `count` is the optimizer step the state
+    pretends to be at (see `TrainBench`).
     """
 
     def __init__(self, config: ml_collections.ConfigDict, seed: int = 0):
         self.config = config
         batch = config.batch_size
         mesh = _mesh(config, batch)
+        self.mesh = mesh
         self.partitions = mesh.size
         model = create_model_from_config(config.model, config.tokens)
         shape = image_shape(config)
@@ -122,29 +125,56 @@ class TrainBench:
         tx, _, self.spec = optimizer_lib.make_optimizer(
             config, model, params_shape, total_steps=total, steps_per_epoch=STEPS_PER_EPOCH
         )
-        step = loop.make_train_step(config, model, tx, self.spec, total)
+        step = steps_lib.make_train_step(config, model, tx, self.spec, total)
 
         def init():
             return create_train_state(
                 model, tx, key, shape, ema=config.ema_decay > 0, fidelity=config.sparsity.fidelity
             )
 
-        state_sharding = sharding_lib.state_shardings(
-            jax.eval_shape(init), mesh, config.mesh.fsdp_min_size
+        self.init = init
+        abstract_state = jax.eval_shape(init)
+        self.state_sharding = sharding_lib.state_shardings(
+            abstract_state, mesh, config.mesh.fsdp_min_size
         )
+        self.batch_sharding = sharding_lib.batch_sharding(mesh)
         replicated = sharding_lib.replicated(mesh)
-        self.state = jax.jit(init, out_shardings=state_sharding)()
-        self.batch = random_batch(config, batch, sharding_lib.batch_sharding(mesh))
+        self.abstract_state = jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+            abstract_state,
+            self.state_sharding,
+        )
+        abstract_batch = jax.tree.map(
+            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=self.batch_sharding),
+            jax.eval_shape(lambda: random_batch(config, batch, None)),
+        )
+        count = jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated)
         jitted = jax.jit(
             lambda state, batch, count: step(with_count(state, count), batch),
-            in_shardings=(state_sharding, sharding_lib.batch_sharding(mesh), replicated),
-            out_shardings=(state_sharding, replicated),
+            in_shardings=(self.state_sharding, self.batch_sharding, replicated),
+            out_shardings=(self.state_sharding, replicated),
             donate_argnums=0,
         )
         start = time.perf_counter()
-        self.compiled = jitted.lower(self.state, self.batch, self.count(0)).compile()
+        self.lowered = jitted.lower(self.abstract_state, abstract_batch, count)
+        self.compiled = self.lowered.compile()
         self.compile_seconds = time.perf_counter() - start
         self.flops = flops.compiled_flops(self.compiled, self.partitions)
+
+
+class TrainBench(TrainProgram):
+    """A config's train step compiled once, with its own state and one random batch.
+
+    `runner(name, count)` times steps taken from optimizer step `count`: the sparse
+    transformation updates the topology after step t = count + 1 iff that is an update step,
+    so count=0 times regular steps and count=ΔT−1 times update steps, with the same executable
+    and the same state (the count is an argument, so XLA cannot fold the update away).
+    """
+
+    def __init__(self, config: ml_collections.ConfigDict, seed: int = 0):
+        super().__init__(config, seed)
+        self.state = jax.jit(self.init, out_shardings=self.state_sharding)()
+        self.batch = random_batch(config, config.batch_size, self.batch_sharding)
         self.metrics = None
 
     @property
@@ -153,7 +183,7 @@ class TrainBench:
         return None if self.spec is None else self.spec.update_every
 
     def count(self, value: int) -> jax.Array:
-        return jax.device_put(jnp.asarray(value, jnp.int32))
+        return jax.device_put(jnp.asarray(value, jnp.int32), sharding_lib.replicated(self.mesh))
 
     def step(self, count: jax.Array) -> None:
         self.state, self.metrics = self.compiled(self.state, self.batch, count)

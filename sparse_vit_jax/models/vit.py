@@ -216,9 +216,10 @@ class Block(nn.Module):
     token_keep: int = 0  # layer-wise token selection (see Attention)
     token_eval: str = 'topk'
 
+    # Positional (not keyword-only) so that `remat_block` can mark `train` static.
     @nn.compact
     def __call__(
-        self, x, *, head_mask=None, neuron_mask=None, train=False, tau=1.0, key_mask=None
+        self, x, head_mask=None, neuron_mask=None, train=False, tau=1.0, key_mask=None
     ):
         dim = x.shape[-1]
         norm = lambda name: layer_norm(name, self.dtype)
@@ -239,6 +240,28 @@ class Block(nn.Module):
         return x + drop_path(mlp(norm('norm2')(x), neuron_mask), train)
 
 
+# What a rematerialized block keeps for the backward pass (`VisionTransformer.remat`).
+REMAT_POLICIES = {
+    # Nothing inside the block: only its input is stored, the forward runs twice.
+    'block': jax.checkpoint_policies.nothing_saveable,
+    # The outputs of the four linear layers (qkv, proj, fc1, fc2); the norms, GELU and the
+    # attention (whose B·H·N² weights are the largest activation) are recomputed.
+    'dots': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+REMAT_CHOICES = ('none', *REMAT_POLICIES)
+
+
+def remat_block(remat: str) -> type[nn.Module]:
+    """`Block`, or `Block` rematerialized with one of `REMAT_POLICIES`: the same function and
+    gradients, fewer activations held between the forward and the backward pass."""
+    if remat == 'none':
+        return Block
+    if remat not in REMAT_POLICIES:
+        raise ValueError(f'remat must be one of {REMAT_CHOICES}, got {remat!r}')
+    # static_argnums counts `self`: (self, x, head_mask, neuron_mask, train, tau, key_mask).
+    return nn.remat(Block, static_argnums=(4,), policy=REMAT_POLICIES[remat])
+
+
 class VisionTransformer(nn.Module):
     """DeiT/ViT with class-token pooling; per-layer head counts and MLP widths may differ.
 
@@ -247,6 +270,9 @@ class VisionTransformer(nn.Module):
       head_dim: width of one head; defaults to embed_dim // max(num_heads).
       mlp_dim: hidden width per block (int or one int per block).
       dtype: compute dtype (bfloat16 on TPU/GPU); params are always float32.
+      remat: 'none', or recompute each block's activations in the backward pass to save
+        memory: 'block' (keep only block inputs) or 'dots' (keep the linear layers' outputs);
+        see `REMAT_POLICIES`. Never changes values or gradients.
       keep_tokens: SViTE+ token selection: tokens kept, cls included (None or 0: off).
       token_mode: 'drop' (gather the kept tokens), 'zero' (reference: zero the others) or 'mask'
         (train with the others masked out of attention, evaluate as 'drop'; token_selector.py).
@@ -270,6 +296,7 @@ class VisionTransformer(nn.Module):
     token_mode: str = 'drop'
     token_eval: str = 'topk'
     layerwise_tokens: bool = False
+    remat: str = 'none'
 
     @property
     def num_patches(self) -> int:
@@ -353,8 +380,9 @@ class VisionTransformer(nn.Module):
             block_keep = scaled_keep(self.keep_tokens, tokens, x.shape[1])
 
         rates = [self.drop_path_rate * i / max(self.depth - 1, 1) for i in range(self.depth)]
+        block_cls = remat_block(self.remat)
         for i, (heads, hidden) in enumerate(zip(self.heads_per_layer, self.mlp_per_layer)):
-            x = Block(
+            x = block_cls(
                 heads,
                 self.resolved_head_dim,
                 hidden,
@@ -366,11 +394,11 @@ class VisionTransformer(nn.Module):
                 name=f'blocks_{i}',
             )(
                 x,
-                head_mask=None if head_masks is None else head_masks[i],
-                neuron_mask=None if neuron_masks is None else neuron_masks[i],
-                train=train,
-                tau=tau,
-                key_mask=key_mask,
+                None if head_masks is None else head_masks[i],
+                None if neuron_masks is None else neuron_masks[i],
+                train,
+                tau,
+                key_mask,
             )
         x = layer_norm('norm', self.dtype)(x)
         logits = nn.Dense(

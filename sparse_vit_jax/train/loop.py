@@ -22,12 +22,10 @@ import numpy as np
 
 from sparse_vit_jax import config as config_lib
 from sparse_vit_jax import data as data_lib
-from sparse_vit_jax.data import mixup
 from sparse_vit_jax.errors import CheckpointError, NonFiniteError
 from sparse_vit_jax.layer_order import in_model_order
 from sparse_vit_jax.models import create_model_from_config
 from sparse_vit_jax.sparsity import api as sparsity_api
-from sparse_vit_jax.sparsity import schedules
 from sparse_vit_jax.train import evaluation
 from sparse_vit_jax.train import optimizer as optimizer_lib
 from sparse_vit_jax.train import sharding as sharding_lib
@@ -36,76 +34,15 @@ from sparse_vit_jax.train.metrics import MetricWriter
 from sparse_vit_jax.train.preemption import PreemptionWatcher
 from sparse_vit_jax.train.state import TrainState, create_train_state, init_params
 from sparse_vit_jax.train.throughput import Interval, StepTimer
-from sparse_vit_jax.train.steps import TrainStep
+from sparse_vit_jax.train.steps import make_train_step
 
 logger = logging.getLogger(__name__)
-
-
-def mixup_fn(config: ml_collections.ConfigDict):
-    """Mixup/CutMix on device (timm's batch mode with label smoothing), or None when off."""
-    if not config_lib.mixup_enabled(config):
-        return None
-    m = config.mixup
-    return functools.partial(
-        mixup.mixup_cutmix,
-        num_classes=config.model.num_classes,
-        mixup_alpha=m.mixup_alpha,
-        cutmix_alpha=m.cutmix_alpha,
-        prob=m.prob,
-        switch_prob=m.switch_prob,
-        label_smoothing=config.label_smoothing,
-    )
 
 
 def image_shape(config: ml_collections.ConfigDict, train_input: data_lib.TrainInput) -> tuple:
     shape = train_input.builder.info.features['image'].shape
     channels = shape[-1] if shape and shape[-1] else 3
     return (config.model.image_size, config.model.image_size, channels)
-
-
-def token_temperature(config: ml_collections.ConfigDict, total_steps: int):
-    """step -> Gumbel temperature of the token selector (linear, config.tokens.tau_start to
-    tau_end over the run), or None when the run selects no tokens."""
-    if not config.tokens.keep:
-        return None
-    return functools.partial(
-        schedules.gumbel_temperature,
-        total_steps=total_steps,
-        start=config.tokens.tau_start,
-        end=config.tokens.tau_end,
-    )
-
-
-def make_train_step(
-    config: ml_collections.ConfigDict,
-    model: Any,
-    tx: Any,
-    spec: Any,
-    total_steps: int,
-) -> TrainStep:
-    """The run's train step (unjitted): the model, `make_optimizer`'s transformation and spec,
-    masks as the fidelity feeds them forward, Mixup/CutMix and the token temperature schedule.
-
-    Shared by the Trainer and tools/benchmark.py, so what is timed is what trains.
-    """
-    return TrainStep(
-        model,
-        tx,
-        seed=config.seed,
-        num_classes=config.model.num_classes,
-        label_smoothing=config.label_smoothing,
-        forward_masks=functools.partial(
-            sparsity_api.forward_masks, fidelity=config.sparsity.fidelity
-        ),
-        zeroed_masks=functools.partial(
-            sparsity_api.zeroed_masks, fidelity=config.sparsity.fidelity
-        ),
-        needs_head_scores=spec is not None and spec.needs_head_scores,
-        needs_neuron_gate_grads=spec is not None and spec.needs_neuron_gate_grads,
-        mix=mixup_fn(config),
-        tau=token_temperature(config, total_steps),
-        ema_decay=config.ema_decay,
-    )
 
 
 def check_writable(workdir: str) -> None:
@@ -179,7 +116,7 @@ class Trainer:
         if self.checkpointer.latest_step() is None:
             return jax.jit(self.init_state, out_shardings=self.state_sharding)()
         saved = self.checkpointer.meta()
-        if saved['config']['model'] != self.meta['config']['model']:
+        if _architecture(saved['config']['model']) != _architecture(self.meta['config']['model']):
             raise CheckpointError(
                 f'the checkpoints in {self.checkpointer.directory} were written for model '
                 f'{_describe(saved["config"]["model"])}, but this config describes '
@@ -344,6 +281,12 @@ class Trainer:
         results = self.evaluate(state)
         results.update(step=int(state.step), train_seconds=time.perf_counter() - run_start)
         return results
+
+
+def _architecture(model_config: dict) -> dict:
+    """The model section minus `remat`, which trades memory for compute without changing the
+    function (a run may resume with it changed; checkpoints from before it existed lack it)."""
+    return {k: v for k, v in model_config.items() if k != 'remat'}
 
 
 def _describe(model_config: dict) -> str:

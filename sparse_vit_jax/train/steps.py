@@ -14,11 +14,15 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 
+from sparse_vit_jax import config as config_lib
+from sparse_vit_jax.data import mixup
 from sparse_vit_jax.data.mixup import smooth_labels
 from sparse_vit_jax.models.vit import HEAD_OUTPUTS
 from sparse_vit_jax.sparsity import api as sparsity_api
+from sparse_vit_jax.sparsity import schedules
 from sparse_vit_jax.train.state import TrainState
 
 # Independent random streams, one per purpose, all derived from (seed, step).
@@ -164,6 +168,67 @@ class TrainStep:
             'grad_norm': grad_norm,
         }
         return new_state, metrics
+
+
+def mixup_fn(config: ml_collections.ConfigDict):
+    """Mixup/CutMix on device (timm's batch mode with label smoothing), or None when off."""
+    if not config_lib.mixup_enabled(config):
+        return None
+    m = config.mixup
+    return functools.partial(
+        mixup.mixup_cutmix,
+        num_classes=config.model.num_classes,
+        mixup_alpha=m.mixup_alpha,
+        cutmix_alpha=m.cutmix_alpha,
+        prob=m.prob,
+        switch_prob=m.switch_prob,
+        label_smoothing=config.label_smoothing,
+    )
+
+
+def token_temperature(config: ml_collections.ConfigDict, total_steps: int):
+    """step -> Gumbel temperature of the token selector (linear, config.tokens.tau_start to
+    tau_end over the run), or None when the run selects no tokens."""
+    if not config.tokens.keep:
+        return None
+    return functools.partial(
+        schedules.gumbel_temperature,
+        total_steps=total_steps,
+        start=config.tokens.tau_start,
+        end=config.tokens.tau_end,
+    )
+
+
+def make_train_step(
+    config: ml_collections.ConfigDict,
+    model: Any,
+    tx: Any,
+    spec: Any,
+    total_steps: int,
+) -> TrainStep:
+    """The run's train step (unjitted): the model, `make_optimizer`'s transformation and spec,
+    masks as the fidelity feeds them forward, Mixup/CutMix and the token temperature schedule.
+
+    Shared by the Trainer and tools/benchmark.py, so what is timed is what trains.
+    """
+    return TrainStep(
+        model,
+        tx,
+        seed=config.seed,
+        num_classes=config.model.num_classes,
+        label_smoothing=config.label_smoothing,
+        forward_masks=functools.partial(
+            sparsity_api.forward_masks, fidelity=config.sparsity.fidelity
+        ),
+        zeroed_masks=functools.partial(
+            sparsity_api.zeroed_masks, fidelity=config.sparsity.fidelity
+        ),
+        needs_head_scores=spec is not None and spec.needs_head_scores,
+        needs_neuron_gate_grads=spec is not None and spec.needs_neuron_gate_grads,
+        mix=mixup_fn(config),
+        tau=token_temperature(config, total_steps),
+        ema_decay=config.ema_decay,
+    )
 
 
 def eval_step(

@@ -16,7 +16,7 @@ from sparse_vit_jax import token_quality
 from sparse_vit_jax.models import create_model, create_model_from_config
 from sparse_vit_jax.models import token_selector as ts
 from sparse_vit_jax.sparsity import masks as masks_lib
-from sparse_vit_jax.train import evaluation, loop
+from sparse_vit_jax.train import evaluation, loop, steps
 
 TOKENS = 17  # vit_test: 16 patches of 4x4 and the class token
 _REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -355,10 +355,10 @@ def test_fashion_config_builds_the_selector_and_the_tau_schedule():
     config_lib.validate(config)
     model = create_model_from_config(config.model, config.tokens)
     assert (model.keep_tokens, model.token_mode, model.token_eval) == (15, 'drop', 'topk')
-    tau = loop.token_temperature(config, total_steps=100)
+    tau = steps.token_temperature(config, total_steps=100)
     assert float(tau(0)) == pytest.approx(10.0) and float(tau(100)) == pytest.approx(0.1)
     dense = fashion_mnist.get_config('method=svite,keep_tokens=15')
-    assert dense.tokens.keep == 0 and loop.token_temperature(dense, 100) is None
+    assert dense.tokens.keep == 0 and steps.token_temperature(dense, 100) is None
     assert create_model_from_config(dense.model, dense.tokens).keep_tokens is None
 
 
