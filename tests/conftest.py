@@ -72,9 +72,11 @@ def fashion_data_dir() -> str | None:
     return data_dir
 
 
-def _run_with_devices(code: str, devices: int = 8, timeout: int = 600) -> str:
-    """Runs `code` in a fresh Python with `devices` simulated CPU devices; returns its stdout."""
-    env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+def _run_with_devices(code: str, devices: int = 8, timeout: int = 600, xla_flags: str = '') -> str:
+    """Runs `code` in a fresh Python with `devices` simulated CPU devices (and any further
+    `xla_flags`); returns its stdout."""
+    flags = f'--xla_force_host_platform_device_count={devices} {xla_flags}'.strip()
+    env = dict(os.environ, XLA_FLAGS=flags)
     result = subprocess.run(
         [sys.executable, '-c', textwrap.dedent(code)],
         env=env,
@@ -96,5 +98,6 @@ def tiny_config(tiny_data_dir):
 
 @pytest.fixture(scope='session')
 def run_with_devices():
-    """run_with_devices(code, devices=8) -> stdout of `code` run with simulated devices."""
+    """run_with_devices(code, devices=8, xla_flags='') -> stdout of `code` run with simulated
+    devices."""
     return _run_with_devices

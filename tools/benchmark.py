@@ -9,7 +9,7 @@
 
   XLA_FLAGS=--xla_force_host_platform_device_count=8 python tools/benchmark.py memory \
       --config configs/svite.py:model=deit_base --batch 1024 --dtype bfloat16 \
-      [--config.model.remat=block] [--config.mesh.fsdp=8] [--json]
+      [--config.model.remat=block] [--config.mesh.fsdp=8] [--topology v5e:2x4] [--json]
 
 train|infer --model: images/s of the real train step (DeiT AdamW, dense) or the forward on random
 inputs: median over --steps timed steps after --warmup, step time median/p10/p90, compile
@@ -23,7 +23,8 @@ amortized over ΔT); --baseline CONFIG compares with that dense config instead (
 model against the full-width one). infer --config: the deployed model (slim S²ViTE, dropped
 tokens) against dense (time_saving beside flops_saving). memory: XLA's memory analysis of the
 config's (or --model's) train step at global --batch on the config's mesh over all visible
-devices, per device, compiled but never run. input: the production ImageNet pipeline on
+devices, per device, compiled but never run; --topology compiles for a TPU slice with the TPU
+compiler (libtpu installed, no TPU needed). input: the production ImageNet pipeline on
 --num_images fake 375×500 JPEGs, optionally against a model's train-step demand.
 """
 
@@ -67,6 +68,12 @@ _DEMAND = flags.DEFINE_string(
     'train_demand_model', None, "input: also time this model's train step (the demand)."
 )
 _WORKDIR = flags.DEFINE_string('workdir', None, 'input: where the fake data goes (temp dir).')
+_TOPOLOGY = flags.DEFINE_string(
+    'topology',
+    None,
+    'memory: compile for this TPU slice instead of the local devices (e.g. v5e:2x4, '
+    'v4:2x2x2; needs libtpu installed, not a TPU).',
+)
 _JSON = flags.DEFINE_bool('json', False, 'Print one JSON object.')
 
 
@@ -108,7 +115,9 @@ def run_command(command: str) -> dict:
         from sparse_vit_jax.benchmark import jax_bench, memory
 
         config = _CONFIG.value or jax_bench.model_bench_config(_MODEL.value, _BATCH.value)
-        return memory.train_memory(config, batch=_BATCH.value, dtype=_DTYPE.value)
+        return memory.train_memory(
+            config, batch=_BATCH.value, dtype=_DTYPE.value, topology=_TOPOLOGY.value
+        )
     if _MODEL.value:
         return benchmark.model_speed(
             command,

@@ -65,8 +65,8 @@ def image_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
     return (size, size, len(config.data.mean))
 
 
-def _mesh(config: ml_collections.ConfigDict, batch: int) -> jax.sharding.Mesh:
-    mesh = sharding_lib.make_mesh(config.mesh)
+def _mesh(config: ml_collections.ConfigDict, batch: int, devices=None) -> jax.sharding.Mesh:
+    mesh = sharding_lib.make_mesh(config.mesh, devices)
     if batch % mesh.size:
         raise ValueError(f'batch {batch} does not split over the {mesh.size} devices of the mesh')
     return mesh
@@ -108,13 +108,14 @@ class TrainProgram:
     analysis of a 256-per-device DeiT-B step needs no accelerator).
 
     The jitted function takes (state, batch, count): `count` is the optimizer step the state
-    pretends to be at (see `TrainBench`).
+    pretends to be at (see `TrainBench`). `devices` (default: all) may be devices of a
+    topology that is not attached (`memory.topology_devices`): then it only compiles.
     """
 
-    def __init__(self, config: ml_collections.ConfigDict, seed: int = 0):
+    def __init__(self, config: ml_collections.ConfigDict, seed: int = 0, devices=None):
         self.config = config
         batch = config.batch_size
-        mesh = _mesh(config, batch)
+        mesh = _mesh(config, batch, devices)
         self.mesh = mesh
         self.partitions = mesh.size
         model = create_model_from_config(config.model, config.tokens)
@@ -125,7 +126,6 @@ class TrainProgram:
         tx, _, self.spec = optimizer_lib.make_optimizer(
             config, model, params_shape, total_steps=total, steps_per_epoch=STEPS_PER_EPOCH
         )
-        step = steps_lib.make_train_step(config, model, tx, self.spec, total)
 
         def init():
             return create_train_state(
@@ -137,6 +137,7 @@ class TrainProgram:
         self.state_sharding = sharding_lib.state_shardings(
             abstract_state, mesh, config.mesh.fsdp_min_size
         )
+        step = steps_lib.make_train_step(config, model, tx, self.spec, total)
         self.batch_sharding = sharding_lib.batch_sharding(mesh)
         replicated = sharding_lib.replicated(mesh)
         self.abstract_state = jax.tree.map(

@@ -10,6 +10,7 @@ new state overwrites the old), and temporaries (activations kept for the backwar
 gradients, workspace). The peak is bounded by arguments + outputs − aliased + temporaries.
 The analysis is of the backend that compiled it: a CPU compile is an estimate of what a TPU or
 GPU compile of the same program needs (different fusions and layouts; docs/benchmarks.md).
+With `topology` the TPU compiler itself compiles for a TPU slice that is not attached.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import ml_collections
 import numpy as np
 
 from sparse_vit_jax.benchmark import jax_bench, timing
+from sparse_vit_jax.errors import UserError
 from sparse_vit_jax.sparsity import api as sparsity_api
 
 GIB = 2**30
@@ -49,11 +51,41 @@ def state_bytes_per_device(program: jax_bench.TrainProgram) -> dict[str, int]:
     }
 
 
-def train_memory(config: ml_collections.ConfigDict, *, batch: int, dtype: str | None = None):
-    """XLA's memory analysis of the config's train step at global `batch` on its mesh
-    (config.mesh over every visible device), per device, in bytes and GiB."""
+class TopologyUnavailableError(UserError):
+    """A TPU topology was asked for and cannot be described on this host."""
+
+
+def topology_devices(name: str) -> list[Any]:
+    """The devices of TPU topology `name` (e.g. 'v5e:2x4', 'v4:2x2x2'), for compiling without
+    the hardware: XLA's TPU compiler comes with libtpu, which `pip install libtpu` (the version
+    jax[tpu] pins) provides on any Linux host. v4 and v5p count one device per chip
+    (megacore), as JAX on those TPUs does."""
+    from jax.experimental import topologies
+
+    options = {'chip_config_name': 'megacore'} if name.startswith(('v4', 'v5p')) else {}
+    try:
+        return list(topologies.get_topology_desc(name, 'tpu', **options).devices)
+    except Exception as error:  # noqa: BLE001  (no libtpu, or a name it does not know)
+        raise TopologyUnavailableError(
+            f'cannot describe TPU topology {name!r} ({str(error).splitlines()[0][:200]}); '
+            'it needs libtpu (pip install the libtpu version jax[tpu] pins) and a name like '
+            'v5e:2x4 or v4:2x2x2'
+        ) from None
+
+
+def train_memory(
+    config: ml_collections.ConfigDict,
+    *,
+    batch: int,
+    dtype: str | None = None,
+    topology: str | None = None,
+):
+    """XLA's memory analysis of the config's train step at global `batch` on its mesh, per
+    device, in bytes and GiB. The mesh spans every visible device, or, with `topology`, the
+    chips of that TPU topology, compiled by the TPU compiler without any TPU attached."""
     config = jax_bench.with_batch(config, batch, dtype)
-    program = jax_bench.TrainProgram(config)
+    devices = None if topology is None else topology_devices(topology)
+    program = jax_bench.TrainProgram(config, devices=devices)
     stats = program.compiled.memory_analysis()
     if stats is None:
         raise RuntimeError(f'the {jax.default_backend()} backend gives no memory analysis')
@@ -70,7 +102,8 @@ def train_memory(config: ml_collections.ConfigDict, *, batch: int, dtype: str | 
         'batch': batch,
         'per_device_batch': batch // mesh.size,
         'mesh': dict(mesh.shape),
-        'backend': jax.default_backend(),
+        'backend': topology and f'tpu {topology}' or jax.default_backend(),
+        'device_kind': program.mesh.devices.flat[0].device_kind,
         'bytes_per_device': {**sizes, 'peak_estimate': peak},
         'peak_gib_per_device': peak / GIB,
         'state_bytes_per_device': state_bytes_per_device(program),

@@ -4,11 +4,16 @@ The mesh has two axes, ``data`` and ``fsdp``; batches are split over both. A par
 over ``fsdp`` on its largest dimension that the axis divides (big_vision's rule) when it is big
 enough to matter, otherwise replicated. The rule is a function of the shape alone, so masks
 and Adam moments — same shapes as their params — are sharded exactly like their params.
+
+Under bfloat16 compute the model casts each weight to bfloat16 before use, and XLA's sharding
+propagation places that cast on the stored shard, so FSDP all-gathers move bfloat16 (half the
+bytes) while the float32 master weights stay sharded (tests/train/test_mixed_precision.py
+checks the partitioned program).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import numpy as np
@@ -18,18 +23,18 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 DATA_AXES = ('data', 'fsdp')
 
 
-def make_mesh(mesh_config: Any) -> Mesh:
-    """A (data, fsdp) mesh over all devices; data=-1 takes whatever fsdp leaves."""
-    devices = jax.device_count()
+def make_mesh(mesh_config: Any, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A (data, fsdp) mesh over `devices` (default: all); data=-1 takes whatever fsdp leaves."""
+    count = jax.device_count() if devices is None else len(devices)
     fsdp = mesh_config.fsdp
-    data = mesh_config.data if mesh_config.data > 0 else devices // fsdp
-    if data * fsdp != devices:
+    data = mesh_config.data if mesh_config.data > 0 else count // fsdp
+    if data * fsdp != count:
         raise ValueError(
             f'mesh data={mesh_config.data} × fsdp={fsdp} does not match the '
-            f'{devices} devices; set config.mesh.data=-1 or make the product {devices}'
+            f'{count} devices; set config.mesh.data=-1 or make the product {count}'
         )
     # Auto axis types: classic GSPMD propagation (jax.make_mesh defaults to explicit types now).
-    return Mesh(mesh_utils.create_device_mesh((data, fsdp)), DATA_AXES)
+    return Mesh(mesh_utils.create_device_mesh((data, fsdp), devices), DATA_AXES)
 
 
 def local_batch_size(global_batch: int, name: str = 'global batch') -> int:

@@ -38,7 +38,13 @@ def head_scores(
     head_outputs: list[jax.Array], output_grads: list[jax.Array]
 ) -> dict[str, jax.Array]:
     """S²ViTE head scores per block, [depth, heads]: the first-order Taylor importance
-    mean_b |Σ_{n,d} A·∂L/∂A| and the output-gradient L1 norm mean_b Σ_{n,d} |∂L/∂A|."""
+    mean_b |Σ_{n,d} A·∂L/∂A| and the output-gradient L1 norm mean_b Σ_{n,d} |∂L/∂A|.
+
+    Products and sums are float32 whatever the compute dtype: heads are ranked by these
+    scores, and bfloat16 sums over N·hd·B terms would turn near-ties into exact ties.
+    """
+    head_outputs = [a.astype(jnp.float32) for a in head_outputs]
+    output_grads = [g.astype(jnp.float32) for g in output_grads]
     taylor = [
         jnp.abs(jnp.sum(a * g, axis=(1, 3))).mean(0) for a, g in zip(head_outputs, output_grads)
     ]
