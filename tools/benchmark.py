@@ -54,7 +54,12 @@ _BLOCK = flags.DEFINE_integer('block', 2, 'Steps per block when two sides altern
 _DTYPE = flags.DEFINE_enum(
     'dtype', None, ['float32', 'bfloat16'], 'Compute dtype (default: float32 / the config).'
 )
-_VS_TIMM = flags.DEFINE_bool('vs_timm', False, 'Also time timm in PyTorch (--model only).')
+_VS_TIMM = flags.DEFINE_bool(
+    'vs_timm', False, 'Also time timm in PyTorch at --dtype (autocast), same device (--model only).'
+)
+_PEAK = flags.DEFINE_float(
+    'peak_tflops', None, "train/infer --model: the chip's peak TFLOP/s at --dtype, for MFU."
+)
 _NUM_IMAGES = flags.DEFINE_integer('num_images', 512, 'input: fake train JPEGs.')
 _AUGMENT = flags.DEFINE_enum(
     'augment',
@@ -68,6 +73,10 @@ _DEMAND = flags.DEFINE_string(
     'train_demand_model', None, "input: also time this model's train step (the demand)."
 )
 _WORKDIR = flags.DEFINE_string('workdir', None, 'input: where the fake data goes (temp dir).')
+_STEP_MS = flags.DEFINE_float(
+    'step_ms', 0.0, "input: consume each batch in this many ms (an accelerator's step): the "
+    'wait for each epoch\'s first batch is then the epoch-boundary stall.'
+)
 _TOPOLOGY = flags.DEFINE_string(
     'topology',
     None,
@@ -108,6 +117,7 @@ def run_command(command: str) -> dict:
             train_steps=_STEPS.value,
             dtype=_DTYPE.value or 'float32',
             workdir=_WORKDIR.value,
+            step_seconds=_STEP_MS.value / 1e3,
         )
     if (_MODEL.value is None) == (_CONFIG.value is None):
         raise app.UsageError(f'{command} needs exactly one of --model and --config')
@@ -125,6 +135,7 @@ def run_command(command: str) -> dict:
             dtype=_DTYPE.value or 'float32',
             vs_timm=_VS_TIMM.value,
             block=_BLOCK.value,
+            peak_tflops=_PEAK.value,
             **common,
         )
     if _VS_TIMM.value:
@@ -190,6 +201,8 @@ def describe(result: dict) -> str:
             f"{result['fraction_of_matmul_rate']:.0%} of the matmul rate "
             f"{result['matmul_gflops_per_sec']:.0f}"
         )
+    if 'mfu' in result:
+        line += f"; MFU {result['mfu']:.1%} of {result['peak_tflops']:g} TFLOP/s"
     if 'ratio' in result:
         line += f"; timm {result['timm_images_per_sec']:.1f} images/s, ratio {result['ratio']:.2f}"
     return line

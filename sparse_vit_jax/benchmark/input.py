@@ -70,8 +70,9 @@ class InputPasses:
     devices as the Trainer places it. Records how long each pass waited for its first batch
     (the epoch's pipeline start-up: file reads, filling the shuffle buffer)."""
 
-    def __init__(self, config: ml_collections.ConfigDict):
+    def __init__(self, config: ml_collections.ConfigDict, step_seconds: float = 0.0):
         train_input, _ = data_lib.make_inputs(config)
+        self.step_seconds = step_seconds  # a consumer's time per batch (an accelerator's step)
         self.steps = train_input.steps_per_epoch
         self.images = self.steps * config.batch_size
         self.stream = train_input.batches()
@@ -84,6 +85,7 @@ class InputPasses:
             jax.block_until_ready(data_lib.to_global(next(self.stream), self.sharding))
             if step == 0:
                 self.first_batch_seconds.append(time.perf_counter() - start)
+            time.sleep(self.step_seconds)  # the host is free while the accelerator computes
 
     def runner(self, warmup: int) -> timing.Runner:
         return timing.Runner('input', self, self.images, 1, warmup)
@@ -121,6 +123,7 @@ def input_speed(
     train_steps: int = 10,
     dtype: str = 'float32',
     workdir: str | None = None,
+    step_seconds: float = 0.0,
 ) -> dict[str, Any]:
     """images/s of the config's train input pipeline (median over `passes` passes after
     `warmup_passes`), per CPU-second this process used and per core; see `pass_speeds`.
@@ -129,10 +132,13 @@ def input_speed(
     (blocks of steps alternating with the passes). ratio = steady input images/s (whole passes
     when a pass has one batch) / train images/s: how many times over the pipeline feeds the
     step, each measured with the machine to itself.
+
+    step_seconds: consume the batches at this pace, as an accelerator's train step would (the
+    host idle meanwhile); first_batch_seconds is then the stall at each epoch boundary.
     """
     with tempfile.TemporaryDirectory(dir=workdir) as root:
         config = input_config(config, write_fake_imagenet(root, num_images), batch, augment)
-        input_passes = InputPasses(config)
+        input_passes = InputPasses(config, step_seconds)
         runners = [input_passes.runner(warmup_passes)]
         if train_demand_model:
             bench = jax_bench.TrainBench(
@@ -156,6 +162,8 @@ def input_speed(
         },
         'passes': passes,
         'warmup_passes': warmup_passes,
+        'step_seconds': step_seconds,
+        'epoch_start_seconds': input_passes.first_batch_seconds,
     }
     if train_demand_model:
         train = timing.summarize(timings.seconds['train'], batch)

@@ -72,16 +72,18 @@ def model_speed(
     dtype: str = 'float32',
     vs_timm: bool = False,
     block: int = 2,
+    peak_tflops: float | None = None,
 ) -> dict[str, Any]:
     """images/s of registered model `name`: the real train step (the DeiT recipe, dense; see
     `model_bench_config`) or the evaluation forward, on random inputs of the model's size.
 
-    vs_timm: also timm's model in PyTorch (float32, eager, all cores), in alternating blocks of
-    `block` steps; adds timm_images_per_sec, timm_step_time_ms and ratio = JAX / timm images/s.
+    vs_timm: also timm's model in PyTorch (eager; at `dtype` through autocast; on the GPU when
+    JAX runs on one and torch sees CUDA, else on all cores), in alternating blocks of `block`
+    steps; adds timm_images_per_sec, timm_step_time_ms and ratio = JAX / timm images/s.
+    peak_tflops: the chip's peak rate at `dtype`; adds mfu = XLA's FLOPs per second / peak
+    (and timm_mfu, counting timm's step at XLA's FLOPs of the same model).
     """
     _check_mode(mode)
-    if vs_timm and dtype != 'float32':
-        raise ValueError('the timm comparison runs timm in float32; use dtype float32')
     config = jax_bench.model_bench_config(name, batch, dtype)
     if vs_timm:  # a missing torch fails before anything compiles
         from sparse_vit_jax.benchmark import timm_torch
@@ -103,6 +105,8 @@ def model_speed(
             channels=len(config.data.mean),
             per_block=per_block,
             warmup=warmup,
+            dtype=dtype,
+            device=timm_torch.torch_device(),
         )
         runners.append(runner)
     timings = timing.alternate(runners, rounds)
@@ -127,6 +131,12 @@ def model_speed(
                 / result['matmul_gflops_per_sec']
             )
         result['timm'] = timm_info
+    if peak_tflops and result['achieved_gflops_per_sec'] is not None:
+        result['peak_tflops'] = peak_tflops
+        result['mfu'] = result['achieved_gflops_per_sec'] / (peak_tflops * 1e3)
+        if vs_timm:
+            timm_gflops = result['xla_gflops_per_image'] * result['timm_images_per_sec']
+            result['timm_mfu'] = timm_gflops / (peak_tflops * 1e3)
     return timing.finish(result, timings)
 
 

@@ -91,6 +91,15 @@ def import_torch_timm() -> tuple[Any, Any]:
     return torch, timm
 
 
+def torch_device() -> str:
+    """'cuda' when JAX computes on a GPU and torch sees one (the same chip side by side), else
+    'cpu'."""
+    import jax
+
+    torch, _ = import_torch_timm()
+    return 'cuda' if jax.default_backend() == 'gpu' and torch.cuda.is_available() else 'cpu'
+
+
 def timm_model(timm: Any, name: str, kwargs: Mapping[str, Any], channels: int) -> Any:
     """timm's model of that name with our registry's classes and drop path, or, for names timm
     does not know (the small test models), timm's VisionTransformer with our sizes."""
@@ -124,34 +133,51 @@ def timm_runner(
     channels: int = 3,
     per_block: int = 1,
     warmup: int = 1,
+    dtype: str = 'float32',
+    device: str = 'cpu',
 ) -> tuple[Runner, dict[str, Any]]:
-    """A runner for timm's float32 eager train step (AdamW + CrossEntropyLoss) or inference
-    forward (inference_mode), on all cores; and what it ran."""
+    """A runner for timm's eager train step (AdamW + CrossEntropyLoss) or inference forward
+    (inference_mode), on all cores or on `device` ('cuda'); and what it ran.
+
+    dtype 'bfloat16' runs the forward (and loss) under `torch.autocast` to bfloat16 with float32
+    parameters, PyTorch's counterpart of the JAX bfloat16 compute dtype.
+    """
     torch, timm = import_torch_timm()
     torch.set_num_threads(os.cpu_count())
     torch.manual_seed(0)
-    net = timm_model(timm, name, kwargs, channels)
+    net = timm_model(timm, name, kwargs, channels).to(device)
     size = kwargs['image_size']
-    images = torch.randn(batch, channels, size, size)
+    images = torch.randn(batch, channels, size, size, device=device)
+    autocast = lambda: torch.autocast(  # noqa: E731
+        device.split(':')[0], dtype=torch.bfloat16, enabled=dtype == 'bfloat16'
+    )
+    # CPU ops have finished when they return; CUDA ones are waited for
+    finish = torch.cuda.synchronize if device.startswith('cuda') else (lambda: None)
     if mode == 'train':
         net.train()
         optimizer = torch.optim.AdamW(net.parameters(), lr=5e-4, weight_decay=0.05)
         loss_fn = torch.nn.CrossEntropyLoss()
-        labels = torch.randint(0, kwargs['num_classes'], (batch,))
+        labels = torch.randint(0, kwargs['num_classes'], (batch,), device=device)
 
-        def call():  # eager on the CPU: every op has finished when it returns
+        def call():
             optimizer.zero_grad(set_to_none=True)
-            loss_fn(net(images), labels).backward()
+            with autocast():
+                loss = loss_fn(net(images), labels)
+            loss.backward()
             optimizer.step()
+            finish()
 
     else:
         net.eval()
 
         def call():
-            with torch.inference_mode():
+            with torch.inference_mode(), autocast():
                 net(images)
+            finish()
 
     info = {
+        'dtype': dtype,
+        'device': device,
         'torch_version': torch.__version__,
         'timm_version': timm.__version__,
         'threads': torch.get_num_threads(),

@@ -12,6 +12,7 @@ example. A restarted run therefore rebuilds the stream at its step and continues
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import dataclasses
 import functools
 import math
@@ -119,6 +120,23 @@ def drop_invalid(
     return ds.filter(keep).map(lambda features, ok: features)
 
 
+class _Started:
+    """Iterates a tf.data pipeline whose first element is being fetched in a background thread
+    from the moment it is created (tf.data starts its work on the first request)."""
+
+    _executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix='epoch')
+
+    def __init__(self, dataset: tf.data.Dataset):
+        self._iterator = dataset.as_numpy_iterator()
+        self._first = self._executor.submit(next, self._iterator, None)
+
+    def __iter__(self) -> Iterator[Any]:
+        first = self._first.result()
+        if first is not None:
+            yield first
+            yield from self._iterator
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainInput:
     """Where a training stream comes from and how it is shaped."""
@@ -139,6 +157,8 @@ class TrainInput:
     skipped: tf.Variable = dataclasses.field(
         default_factory=lambda: tf.Variable(0, dtype=tf.int64, trainable=False)
     )
+    # Batches before an epoch's end at which the next epoch's pipeline starts (see `batches`).
+    next_epoch_lookahead: int = 64
 
     @property
     def local_batch(self) -> int:
@@ -230,12 +250,27 @@ class TrainInput:
         return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
 
     def batches(self, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
-        """Local batches forever, starting at global step `start_step`."""
-        epoch, offset = divmod(start_step, self.steps_per_epoch)
+        """Local batches forever, starting at global step `start_step`.
+
+        Read from the TFDS files, each epoch is its own pipeline (its file order and shuffle
+        are seeded by the epoch); the next one is started `next_epoch_lookahead` batches
+        before the current one ends and fetches its first batch in the background, so filling
+        its shuffle buffer overlaps training instead of stalling it at the epoch boundary.
+        """
+        steps = self.steps_per_epoch
+        epoch, offset = divmod(start_step, steps)
         if self.cache:
             yield from self._in_memory_stream(epoch, offset).as_numpy_iterator()
+        lookahead = min(max(self.next_epoch_lookahead, 1), steps)
+        upcoming = _Started(self._tfds_epoch(epoch, offset))
         while True:
-            yield from self._tfds_epoch(epoch, offset).as_numpy_iterator()
+            current, upcoming = upcoming, None
+            for index, batch in enumerate(current, start=offset):
+                if upcoming is None and index >= steps - lookahead:
+                    upcoming = _Started(self._tfds_epoch(epoch + 1, 0))
+                yield batch
+            if upcoming is None:  # an epoch with fewer batches than expected
+                upcoming = _Started(self._tfds_epoch(epoch + 1, 0))
             epoch, offset = epoch + 1, 0
 
 

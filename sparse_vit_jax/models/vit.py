@@ -95,11 +95,33 @@ class DropPath(nn.Module):
         return jnp.where(kept, x / keep, 0.0).astype(x.dtype)
 
 
+@jax.custom_vjp
 def exact_gelu(x: jax.Array) -> jax.Array:
     """GELU with the exact Gaussian CDF, x·Φ(x), in the erf form timm's (PyTorch's) uses:
     XLA CPU evaluates erf ~2.5× faster than the erfc of ``jax.nn.gelu(approximate=False)``,
-    and the two agree to ~1e-6."""
+    and the two agree to ~1e-6.
+
+    Its derivative Φ(x) + x·φ(x) is written out (`_gelu_backward`) rather than left to
+    autodiff, which differentiates through the erf and keeps more intermediates: 1.26× faster
+    GELU forward + backward on the CPU, same gradients to float32 rounding
+    (docs/benchmarks.md).
+    """
+    return _gelu(x)
+
+
+def _gelu(x: jax.Array) -> jax.Array:
     return 0.5 * x * (1.0 + jax.lax.erf(x * (2.0**-0.5)).astype(x.dtype))
+
+
+def _gelu_backward(x: jax.Array, grad: jax.Array) -> tuple[jax.Array]:
+    """∂GELU/∂x = Φ(x) + x·φ(x), in float32 whatever the compute dtype."""
+    x32 = x.astype(jnp.float32)
+    cdf = 0.5 * (1.0 + jax.lax.erf(x32 * (2.0**-0.5)))
+    pdf = jnp.exp(-0.5 * x32 * x32) * (2.0 * jnp.pi) ** -0.5
+    return ((grad.astype(jnp.float32) * (cdf + x32 * pdf)).astype(grad.dtype),)
+
+
+exact_gelu.defvjp(lambda x: (_gelu(x), x), _gelu_backward)
 
 
 def attention(

@@ -116,3 +116,52 @@ def test_two_processes_read_disjoint_shares_that_cover_the_split(tiny_config, mo
     for kind, total in (('train', 37), ('eval', 23)):
         first, second = seen[kind]
         assert not first & second and len(first) + len(second) == total, kind
+
+
+def test_next_epoch_starts_before_the_current_one_ends(tiny_config, monkeypatch):
+    """Each epoch's pipeline (file order, shuffle buffer) is built and starts filling
+    `next_epoch_lookahead` batches before the previous epoch's last batch is used, so the
+    boundary does not stall training; the stream itself is unchanged (test above)."""
+    import dataclasses
+
+    from sparse_vit_jax.data import pipeline
+
+    events = []
+    build = pipeline.TrainInput._tfds_epoch
+
+    def recording(self, epoch, skip_batches):
+        events.append(('build', epoch))
+        return build(self, epoch, skip_batches)
+
+    monkeypatch.setattr(pipeline.TrainInput, '_tfds_epoch', recording)
+    train, _ = data_lib.make_inputs(tiny_config())
+    train = dataclasses.replace(train, next_epoch_lookahead=2)
+    steps = train.steps_per_epoch
+    stream = train.batches(start_step=3)  # resumed mid-epoch
+    for step in range(3, 2 * steps + 1):
+        next(stream)
+        events.append(('used', step))
+    built = {event[1]: events.index(event) for event in events if event[0] == 'build'}
+    used = {event[1]: events.index(event) for event in events if event[0] == 'used'}
+    for epoch in (1, 2):
+        end = epoch * steps  # the first step of `epoch`
+        assert used[end - 3] < built[epoch] < used[end - 2], events
+
+
+def test_resuming_mid_epoch_skips_records_without_preprocessing_them(tiny_config):
+    """The skipped records of a resumed epoch are read but never decoded or augmented."""
+    import dataclasses
+
+    import tensorflow as tf
+
+    train, _ = data_lib.make_inputs(tiny_config())
+    calls = tf.Variable(0, dtype=tf.int64)
+
+    def counting(features, seed):
+        with tf.control_dependencies([calls.assign_add(1)]):
+            return train.preprocess(features, seed)
+
+    counted = dataclasses.replace(train, preprocess=counting)
+    batches = list(counted._tfds_epoch(0, 5).as_numpy_iterator())
+    assert len(batches) == train.steps_per_epoch - 5
+    assert int(calls.numpy()) == 37 - 5 * 4  # every record after the skipped ones, no more
