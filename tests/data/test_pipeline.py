@@ -134,7 +134,7 @@ def test_next_epoch_starts_before_the_current_one_ends(tiny_config, monkeypatch)
         return build(self, epoch, skip_batches)
 
     monkeypatch.setattr(pipeline.TrainInput, '_tfds_epoch', recording)
-    train, _ = data_lib.make_inputs(tiny_config())
+    train, _ = data_lib.make_inputs(tiny_config(**{'data.cache': False}))
     train = dataclasses.replace(train, next_epoch_lookahead=2)
     steps = train.steps_per_epoch
     stream = train.batches(start_step=3)  # resumed mid-epoch
@@ -154,7 +154,7 @@ def test_resuming_mid_epoch_skips_records_without_preprocessing_them(tiny_config
 
     import tensorflow as tf
 
-    train, _ = data_lib.make_inputs(tiny_config())
+    train, _ = data_lib.make_inputs(tiny_config(**{'data.cache': False}))
     calls = tf.Variable(0, dtype=tf.int64)
 
     def counting(features, seed):
