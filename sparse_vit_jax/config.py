@@ -131,7 +131,8 @@ def base_config() -> ml_collections.ConfigDict:
             shuffle_buffer=25_000,
             # Repeated augmentation: each image 3 times in a row, each copy augmented anew, an
             # epoch as long as before. When the batch is not a multiple (the paper's 512 is not),
-            # some images' copies span two consecutive steps, as with DeiT's sampler.
+            # the image at a batch boundary has its copies in two consecutive steps, as with
+            # DeiT's sampler; so any batch is accepted.
             repeats=3,
             cache=False,
             eval_batch_size=768,
