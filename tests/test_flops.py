@@ -119,9 +119,11 @@ def test_xla_sees_dropped_tokens_and_slim_models_but_not_zeroed_tokens():
     dense = flops.xla_flops(test)
     dropped = flops.xla_flops(dict(test, keep_tokens=9, token_mode='drop'))
     zeroed = flops.xla_flops(dict(test, keep_tokens=9, token_mode='zero'))
+    masked = flops.xla_flops(dict(test, keep_tokens=9, token_mode='mask'))
     slim = flops.xla_flops(flops.slim_kwargs(test, 0.5, 0.5))
     assert dropped < 0.7 * dense and slim < 0.7 * dense
     assert dense < zeroed < 1.01 * dense  # the scorer is the only extra work
+    assert masked == dropped  # 'mask' mode evaluates by gathering, as 'drop' does
 
 
 def test_flops_tool_prints_the_json_fields():

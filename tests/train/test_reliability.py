@@ -154,6 +154,10 @@ def _params_like(workdir):
         ({'sparsity.t_end': 1.5}, r't_end must be in \(0, 1\]'),
         ({'tokens.keep': 18}, r'tokens.keep=18 must be between 1 and the sequence length 17'),
         ({'tokens.keep': -1}, r'tokens.keep=-1 must be between 1'),
+        (
+            {'tokens.keep': 9, 'tokens.mode': 'mask', 'tokens.layerwise': True},
+            r"tokens.mode='mask' does not combine with tokens.layerwise; use 'zero' or 'drop'",
+        ),
         ({'model.name': 'deit_large'}, r'not a registered model'),
         ({'mesh.fsdp': 2}, r'mesh data=-1 × fsdp=2 does not match the 1 devices'),
     ],
