@@ -39,7 +39,7 @@ def _flag_error_message(error: Exception, argv: list[str]) -> str:
     """The useful line of a flag-parsing error (config files raise with a whole traceback)."""
     if isinstance(error, AttributeError):  # ml_collections: an override names no field
         text = str(error).encode().decode('unicode_escape')
-        field = re.search(r"(\w+)", text).group(1)
+        field = re.search(r'(\w+)', text).group(1)
         hint = re.search(r'Did you mean "(\w+)"', text)
         culprits = [a for a in argv if re.match(rf'--config\.(\w+\.)*{field}\b', a)]
         where = f' in {culprits[0]}' if culprits else ''

@@ -101,7 +101,7 @@ def apply_selection(x: jax.Array, indices: jax.Array, mask: jax.Array, mode: str
         kept = jnp.take_along_axis(x, indices[..., None], axis=1)
         weights = jnp.take_along_axis(mask, indices, axis=1)
         return kept * weights[..., None].astype(x.dtype)
-    raise ValueError(f"token mode must be one of {MODES}, got {mode!r}")
+    raise ValueError(f'token mode must be one of {MODES}, got {mode!r}')
 
 
 def scaled_keep(keep: int, tokens: int, sequence: int) -> int:

@@ -16,7 +16,7 @@ ArrayLike = jnp.ndarray | int | float
 
 def _check_total(total_steps: int) -> None:
     if int(total_steps) <= 0:
-        raise ValueError(f"total_steps must be a positive integer, got {total_steps!r}")
+        raise ValueError(f'total_steps must be a positive integer, got {total_steps!r}')
 
 
 def prune_rate(
@@ -53,7 +53,7 @@ def is_update_step(
     reference never asks, since t >= 1 there.
     """
     if int(update_every) <= 0:
-        raise ValueError(f"update_every must be a positive integer, got {update_every!r}")
+        raise ValueError(f'update_every must be a positive integer, got {update_every!r}')
     bound = last_update_step_bound(total_steps, t_end)
     t = jnp.asarray(step)
     return (t >= 1) & (t % int(update_every) == 0) & (t <= bound)
@@ -62,7 +62,7 @@ def is_update_step(
 def num_update_steps(update_every: int, total_steps: int, t_end: float = 0.8) -> int:
     """How many topology updates a full run performs (host-side count of `is_update_step`)."""
     if int(update_every) <= 0:
-        raise ValueError(f"update_every must be a positive integer, got {update_every!r}")
+        raise ValueError(f'update_every must be a positive integer, got {update_every!r}')
     bound = last_update_step_bound(total_steps, t_end)
     return max(0, bound // int(update_every))
 
@@ -77,12 +77,12 @@ def scale_update_every(
     round(ΔT * B_ref / B) steps; the result is at least 1.
     """
     for name, value in (
-        ("update_every_at_reference", update_every_at_reference),
-        ("reference_batch", reference_batch),
-        ("global_batch", global_batch),
+        ('update_every_at_reference', update_every_at_reference),
+        ('reference_batch', reference_batch),
+        ('global_batch', global_batch),
     ):
         if int(value) <= 0 or int(value) != value:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            raise ValueError(f'{name} must be a positive integer, got {value!r}')
     scaled = int(update_every_at_reference) * int(reference_batch) / int(global_batch)
     return max(1, int(math.floor(scaled + 0.5)))
 

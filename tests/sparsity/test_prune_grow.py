@@ -302,7 +302,7 @@ def random_block(rng, hidden=12, dim=5, heads=4):
     )
 
 
-@pytest.mark.parametrize("exact", [False, True])
+@pytest.mark.parametrize('exact', [False, True])
 def test_unstructured_jit_with_traced_rate_equals_eager(exact):
     rng = np.random.default_rng(1)
     m = rng.random((6, 7)) < 0.4
@@ -314,7 +314,7 @@ def test_unstructured_jit_with_traced_rate_equals_eager(exact):
         np.testing.assert_array_equal(jitted(w, g, m, jnp.float32(rate)), eager)
 
 
-@pytest.mark.parametrize("exact", [False, True])
+@pytest.mark.parametrize('exact', [False, True])
 def test_structured_vmap_over_blocks_equals_loop_and_jit(exact):
     rng = np.random.default_rng(2)
     blocks = [random_block(rng) for _ in range(5)]
@@ -329,14 +329,14 @@ def test_structured_vmap_over_blocks_equals_loop_and_jit(exact):
     )
     head_fn = jax.jit(jax.vmap(head_prune_grow, in_axes=(0, 0, 0, None)))
     got_neurons = neuron_fn(
-        stack["fc1"], stack["fc2"], stack["g1"], stack["g2"], stack["mask"], rate
+        stack['fc1'], stack['fc2'], stack['g1'], stack['g2'], stack['mask'], rate
     )
-    got_heads = head_fn(stack["taylor"], stack["gnorm"], stack["head_mask"], rate)
+    got_heads = head_fn(stack['taylor'], stack['gnorm'], stack['head_mask'], rate)
     for i, b in enumerate(blocks):
         np.testing.assert_array_equal(
             got_neurons[i],
-            neuron_prune_grow(b["fc1"], b["fc2"], b["g1"], b["g2"], b["mask"], 0.3, exact=exact),
+            neuron_prune_grow(b['fc1'], b['fc2'], b['g1'], b['g2'], b['mask'], 0.3, exact=exact),
         )
         np.testing.assert_array_equal(
-            got_heads[i], head_prune_grow(b["taylor"], b["gnorm"], b["head_mask"], 0.3)
+            got_heads[i], head_prune_grow(b['taylor'], b['gnorm'], b['head_mask'], 0.3)
         )

@@ -104,8 +104,8 @@ def layers(draw, nonzero_grads=False):
 
 
 # Jitted once per (shape, exact): much faster than eager dispatch over many examples.
-_jitted_prune_grow = jax.jit(magnitude_prune_gradient_grow, static_argnames="exact")
-_jitted_neurons = jax.jit(neuron_prune_grow, static_argnames="exact")
+_jitted_prune_grow = jax.jit(magnitude_prune_gradient_grow, static_argnames='exact')
+_jitted_neurons = jax.jit(neuron_prune_grow, static_argnames='exact')
 _jitted_heads = jax.jit(head_prune_grow)
 
 

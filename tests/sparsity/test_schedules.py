@@ -122,7 +122,7 @@ def test_scale_update_every():
     assert schedules.scale_update_every(1, 512, 4096) == 1
 
 
-@pytest.mark.parametrize("args", [(0, 512, 512), (100, 0, 512), (100, 512, -1), (100, 512, 1.5)])
+@pytest.mark.parametrize('args', [(0, 512, 512), (100, 0, 512), (100, 512, -1), (100, 512, 1.5)])
 def test_scale_update_every_validates(args):
     with pytest.raises(ValueError):
         schedules.scale_update_every(*args)
