@@ -14,8 +14,9 @@ Args:
   head_density, neuron_density: S²ViTE / s2static kept fractions of heads and MLP neurons per
     block.
   keep_tokens: SViTE+ tokens kept of the 17 (16 patches + cls), cls included; used by the '+'
-    methods only. The selector's mode, eval mode and temperature are base_config's
-    (config.tokens: drop, top-k eval, tau 10 -> 0.1), overridable with --config.tokens.*.
+    methods only. The selector follows the fidelity as in every config (config.TOKEN_SELECTION:
+    reference zero + Gumbel eval, improved drop + top-k; tau 10 -> 0.1), overridable with
+    --config.tokens.*.
   width: embedding width of the ViT (default 64; 4 heads, MLP 2·width). A narrower dense ViT is
     the small-dense baseline: width=44 has about the MACs of SViTE at density 0.5 (1.19 vs
     1.28 MMACs per image, and 67k vs 72k nonzero parameters).
@@ -71,21 +72,18 @@ def get_config(arg: str | None = None):
         dict(lr=2e-3, lr_base_batch=arg.batch, warmup_epochs=0.3, warmup_lr=1e-6, min_lr=1e-5)
     )
     c.mixup.update(dict(mixup_alpha=0.0, cutmix_alpha=0.0, prob=0.0))
+    config_lib.set_method(
+        c,
+        arg.method,
+        fidelity=arg.fidelity,
+        density=arg.density,
+        head_density=arg.head_density,
+        neuron_density=arg.neuron_density,
+        keep_tokens=arg.keep_tokens,
+    )
     # The paper updates the topology 80 times in a run (ΔT = 15000 of 1.5M steps at batch 512,
     # until t_end = 0.8); 100 steps at batch 128 gives a similar count (~56) for 15 epochs here.
-    method = config_lib.method(arg.method)
-    c.sparsity.update(
-        dict(
-            method=arg.method,
-            fidelity=arg.fidelity,
-            density=arg.density if method.masks == 'weights' else 1.0,
-            head_density=arg.head_density if method.structured else 1.0,
-            neuron_density=arg.neuron_density if method.structured else 1.0,
-            update_every=100,
-            update_every_batch=128,
-        )
-    )
-    c.tokens.keep = arg.keep_tokens if method.tokens else 0
+    c.sparsity.update(dict(update_every=100, update_every_batch=128))
     c.log_every_steps = 100
     c.eval_every_epochs = 5.0
     c.checkpoint_every_steps = 2000

@@ -46,13 +46,11 @@ def get_config(arg: str | None = None):
         fidelity='reference',
     )
     c = config_lib.imagenet_config(arg.model, epochs=arg.epochs, batch=arg.batch, seed=arg.seed)
-    c.sparsity.update(
-        dict(
-            method='s2vite',
-            fidelity=arg.fidelity,
-            head_density=arg.head_density,
-            neuron_density=arg.neuron_density,
-            t_end=0.8,
-        )
+    config_lib.set_method(
+        c,
+        's2vite',
+        fidelity=arg.fidelity,
+        head_density=arg.head_density,
+        neuron_density=arg.neuron_density,
     )
     return c

@@ -21,7 +21,5 @@ def get_config(arg: str | None = None):
         arg, **config_lib.IMAGENET_ARGS, density=0.5, fidelity='reference'
     )
     c = config_lib.imagenet_config(arg.model, epochs=arg.epochs, batch=arg.batch, seed=arg.seed)
-    c.sparsity.update(
-        dict(method='svite', density=arg.density, distribution='erk', fidelity=arg.fidelity)
-    )
+    config_lib.set_method(c, 'svite', fidelity=arg.fidelity, density=arg.density)
     return c

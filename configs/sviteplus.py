@@ -17,8 +17,9 @@ Args:
     0.1 -> 10, the code the paper's runs used. tau never changes which tokens are selected, only
     the scale of the straight-through gradient (docs/reference.md §4.2). Default 'head': the
     authors' own correction.
-  token_mode: drop | zero; token_eval: topk | gumbel. Empty (default): follow `fidelity`
-    (reference: zero + gumbel, what the official code measures; improved: drop + topk).
+  token_mode: drop | zero | mask; token_eval: topk | gumbel. Empty (default): the fidelity's
+    (config.TOKEN_SELECTION; reference: zero + gumbel, what the official code measures;
+    improved: drop + topk), as in every config.
   layerwise: also a selector in every block (the official `*_data` models).
   fidelity: reference | improved; epochs; batch (global; 0 = the paper's); seed.
 
@@ -33,7 +34,6 @@ from sparse_vit_jax import config as config_lib
 
 PAPER_KEEP_TOKENS = (197, 187, 177, 138, 99)
 TAU = {'head': (10.0, 0.1), 'paper': (0.1, 10.0)}
-TOKENS_BY_FIDELITY = {'reference': ('zero', 'gumbel'), 'improved': ('drop', 'topk')}
 
 
 def get_config(arg: str | None = None):
@@ -53,34 +53,27 @@ def get_config(arg: str | None = None):
     )
     for name, value, choices in (
         ('model', arg.model, config_lib.PAPER_BATCH),
-        ('method', arg.method, ('sviteplus', 's2viteplus')),
         ('tau', arg.tau, TAU),
-        ('fidelity', arg.fidelity, TOKENS_BY_FIDELITY),
     ):
         if value not in choices:
             raise ValueError(f'config arg {name}={value!r}; choose one of {sorted(choices)}')
+    if not config_lib.method(arg.method).tokens:
+        token_methods = [m for m in config_lib.METHODS if config_lib.method(m).tokens]
+        raise ValueError(f'config arg method={arg.method!r}; choose one of {token_methods}')
     c = config_lib.imagenet_config(arg.model, epochs=arg.epochs, batch=arg.batch, seed=arg.seed)
-    structured = arg.method == 's2viteplus'
-    c.sparsity.update(
-        dict(
-            method=arg.method,
-            fidelity=arg.fidelity,
-            density=1.0 if structured else arg.density,
-            head_density=arg.head_density if structured else 1.0,
-            neuron_density=arg.neuron_density if structured else 1.0,
-            distribution='erk',
-        )
+    config_lib.set_method(
+        c,
+        arg.method,
+        fidelity=arg.fidelity,
+        density=arg.density,
+        head_density=arg.head_density,
+        neuron_density=arg.neuron_density,
+        keep_tokens=arg.keep_tokens,
     )
-    mode, eval_mode = TOKENS_BY_FIDELITY[arg.fidelity]
     tau_start, tau_end = TAU[arg.tau]
-    c.tokens.update(
-        dict(
-            keep=arg.keep_tokens,
-            mode=arg.token_mode or mode,
-            eval_mode=arg.token_eval or eval_mode,
-            layerwise=arg.layerwise,
-            tau_start=tau_start,
-            tau_end=tau_end,
-        )
-    )
+    c.tokens.update(dict(layerwise=arg.layerwise, tau_start=tau_start, tau_end=tau_end))
+    if arg.token_mode:
+        c.tokens.mode = arg.token_mode
+    if arg.token_eval:
+        c.tokens.eval_mode = arg.token_eval
     return c

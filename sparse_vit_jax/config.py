@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import importlib.util
 import math
+import os
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -18,11 +21,20 @@ import ml_collections
 from ml_collections import config_dict
 
 from sparse_vit_jax.models import ALIASES, MODEL_CONFIGS, model_kwargs
+from sparse_vit_jax.models.token_selector import EVAL_MODES as TOKEN_EVAL_MODES
 from sparse_vit_jax.models.token_selector import MODES as TOKEN_MODES
-from sparse_vit_jax.train import sharding as sharding_lib
 from sparse_vit_jax.models.vit import REMAT_CHOICES
+from sparse_vit_jax.sparsity import distributions
+from sparse_vit_jax.sparsity.api import FIDELITIES
+from sparse_vit_jax.train import sharding as sharding_lib
 
-FIDELITIES = ('reference', 'improved')
+# What each fidelity's token selector does unless a config says otherwise: the official code
+# multiplies unselected tokens by zero and draws fresh Gumbel noise at evaluation; improved
+# gathers them away (what saves time) and keeps the deterministic top-k at evaluation.
+TOKEN_SELECTION = {
+    'reference': dict(mode='zero', eval_mode='gumbel'),
+    'improved': dict(mode='drop', eval_mode='topk'),
+}
 REGROWN_MOMENTS = ('', 'reset', 'keep')
 
 
@@ -72,6 +84,39 @@ def method(name: str) -> Method:
     raise ValueError(f'config.sparsity.method={name!r}; choose one of {METHODS}')
 
 
+def set_method(
+    c: ml_collections.ConfigDict,
+    name: str,
+    *,
+    fidelity: str = 'reference',
+    density: float = 1.0,
+    head_density: float = 1.0,
+    neuron_density: float = 1.0,
+    keep_tokens: int = 0,
+) -> None:
+    """Sets everything sparsity method `name` at `fidelity` implies in `c.sparsity` and `c.tokens`.
+
+    The densities the method uses are set, the others stay 1.0 (a method that prunes no weights
+    ignores `density`); a token method keeps `keep_tokens` tokens and selects them as
+    TOKEN_SELECTION says for the fidelity, any other method selects none. Every config file
+    builds its method here, so `method=sviteplus,fidelity=reference` means the same run whichever
+    file it comes from; a config may still override a field afterwards (--config.tokens.mode=...).
+    """
+    traits = method(name)
+    if fidelity not in FIDELITIES:
+        raise ValueError(f'config arg fidelity={fidelity!r}; choose one of {FIDELITIES}')
+    c.sparsity.update(
+        dict(
+            method=name,
+            fidelity=fidelity,
+            density=density if traits.masks == 'weights' else 1.0,
+            head_density=head_density if traits.structured else 1.0,
+            neuron_density=neuron_density if traits.structured else 1.0,
+        )
+    )
+    c.tokens.update(dict(keep=keep_tokens if traits.tokens else 0, **TOKEN_SELECTION[fidelity]))
+
+
 def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
     """Parses 'a=1,b=x' into a ConfigDict typed by `defaults`; unknown keys are errors."""
     parsed = dict(defaults)
@@ -106,6 +151,44 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
                 raise ValueError(f'config arg {key}={raw!r} must be a {type(default).__name__}')
         parsed[key] = value
     return ml_collections.ConfigDict(parsed)
+
+
+# Relative config paths that are not found from the working directory are looked up here, so
+# 'configs/dense.py' names the repository's file from anywhere.
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def config_file(path: str) -> Any:
+    """The config file at `path` as a module (its `get_config`, its docstring, its constants). A
+    relative path not found from the working directory is taken from the repository root."""
+    if not os.path.isabs(path) and not os.path.exists(path):
+        path = os.path.join(_REPO, path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'config file {path!r} not found')
+    name = 'config_' + os.path.splitext(os.path.basename(path))[0]
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
+def load(spec: str, overrides: Mapping[str, Any] | None = None) -> ml_collections.ConfigDict:
+    """The config that `spec` = 'path/to/config.py[:arg]' names, as `--config` reads it:
+    ``get_config(arg)`` of that file, locked (unknown fields are errors), with `overrides`
+    ({'optimizer.lr': 1e-3, ...}) set as `--config.optimizer.lr=...` would.
+
+    Not validated: `validate` checks batches against the devices where the run happens.
+    """
+    path, sep, arg = spec.partition('.py:')
+    c = config_file(path + '.py' if sep else spec).get_config(arg if sep else None)
+    c.lock()
+    for field, value in (overrides or {}).items():
+        *parents, leaf = field.split('.')
+        section = c
+        for parent in parents:
+            section = section[parent]
+        section[leaf] = value
+    return c
 
 
 def model_config(name: str, **overrides: Any) -> ml_collections.ConfigDict:
@@ -187,7 +270,13 @@ def base_config() -> ml_collections.ConfigDict:
         )
     )
     c.tokens = ml_collections.ConfigDict(
-        dict(keep=0, mode='drop', eval_mode='topk', layerwise=False, tau_start=10.0, tau_end=0.1)
+        dict(
+            keep=0,
+            **TOKEN_SELECTION[c.sparsity.fidelity],
+            layerwise=False,
+            tau_start=10.0,
+            tau_end=0.1,
+        )
     )
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, fsdp_min_size=2**18))
     c.log_every_steps = 100
@@ -220,7 +309,7 @@ def imagenet_config(
     if model not in PAPER_BATCH:
         raise ValueError(f'config arg model={model!r}; choose one of {sorted(PAPER_BATCH)}')
     if batch < 0:
-        raise ValueError(f'config arg batch={batch} must be positive (0: the paper\'s batch)')
+        raise ValueError(f"config arg batch={batch} must be positive (0: the paper's batch)")
     c = base_config()
     c.model = model_config(model)
     c.seed = seed
@@ -300,8 +389,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     )
     _check(0 < s.density <= 1, f'config.sparsity.density must be in (0, 1], got {s.density}')
     _check(
-        s.distribution in ('erk', 'uniform'),
-        f"config.sparsity.distribution must be 'erk' or 'uniform', got {s.distribution!r}",
+        s.distribution in distributions.NAMES,
+        f'config.sparsity.distribution={s.distribution!r}; choose one of {distributions.NAMES}',
     )
     _check(
         s.update_every > 0, f'config.sparsity.update_every (ΔT) must be > 0, got {s.update_every}'
@@ -349,8 +438,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
         "config.tokens.mode='mask' does not combine with tokens.layerwise; use 'zero' or 'drop'",
     )
     _check(
-        t.eval_mode in ('topk', 'gumbel'),
-        f"config.tokens.eval_mode must be 'topk' or 'gumbel', got {t.eval_mode!r}",
+        t.eval_mode in TOKEN_EVAL_MODES,
+        f'config.tokens.eval_mode={t.eval_mode!r}; choose one of {TOKEN_EVAL_MODES}',
     )
     _check(c.mesh.fsdp >= 1, f'config.mesh.fsdp must be >= 1, got {c.mesh.fsdp}')
     _check_batches(c)

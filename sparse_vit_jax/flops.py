@@ -32,6 +32,8 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
+from sparse_vit_jax.config import method
+from sparse_vit_jax.models import config_kwargs
 from sparse_vit_jax.models.vit import VisionTransformer
 from sparse_vit_jax.sparsity import distributions
 from sparse_vit_jax.sparsity import masks as masks_lib
@@ -76,12 +78,7 @@ def erk_densities(
     model = VisionTransformer(**_dense_kwargs(model_kwargs))
     images = jax.ShapeDtypeStruct((1, model.image_size, model.image_size, channels), jnp.float32)
     params = jax.eval_shape(model.init, jax.random.key(0), images)['params']
-    shapes = masks_lib.prunable_shapes(params)
-    if distribution == 'erk':
-        return distributions.erk(shapes, density)
-    if distribution == 'uniform':
-        return distributions.uniform(shapes, density)
-    raise ValueError(f"distribution must be 'erk' or 'uniform', got {distribution!r}")
+    return distributions.densities(distribution, masks_lib.prunable_shapes(params), density)
 
 
 def macs_by_layer(
@@ -257,15 +254,7 @@ def report(
 
 def report_from_config(config: Any, *, xla: bool = True) -> dict[str, Any]:
     """`report` for a run config: its model, token selection and method's densities."""
-    from sparse_vit_jax.models import token_overrides
-
-    kwargs = {k: v for k, v in config.model.items() if k not in ('name', 'dtype')}
-    for field in ('num_heads', 'mlp_dim'):  # JSON turns per-layer tuples into lists
-        if isinstance(kwargs.get(field), list):
-            kwargs[field] = tuple(kwargs[field])
-    kwargs.update(token_overrides(config.tokens))
-    from sparse_vit_jax.config import method
-
+    kwargs = config_kwargs(config.model, config.tokens)
     s = config.sparsity
     densities: dict[str, float] = {}
     if method(s.method).masks == 'weights':

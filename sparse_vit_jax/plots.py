@@ -27,12 +27,22 @@ def patch_grid(kept: np.ndarray, image_size: int, patch_size: int) -> np.ndarray
     return np.kron(grid, np.ones((patch_size, patch_size), bool)).astype(bool)
 
 
-def dim_dropped_patches(
-    image: np.ndarray, kept: np.ndarray, patch_size: int, dim: float = 0.25
-) -> np.ndarray:
-    """The (H, W, C) image in [0, 1] with the patches not in `kept` scaled by `dim`."""
-    pixels = patch_grid(kept, image.shape[0], patch_size)
-    return np.where(pixels[..., None], image, image * dim)
+# The outline of a dropped patch: a colour that no grayscale or natural image is made of, so it
+# shows on black as on white (dimming a dropped patch hid it on black backgrounds).
+DROPPED_COLOUR = (1.0, 0.1, 0.6)
+
+
+def outline_dropped_patches(image: np.ndarray, kept: np.ndarray, patch_size: int) -> np.ndarray:
+    """The (H, W, C) image in [0, 1] as RGB, each patch not in `kept` outlined in DROPPED_COLOUR
+    (its border pixels; the pixels inside stay as they were)."""
+    image = np.asarray(image, np.float32)
+    rgb = np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image[..., :3].copy()
+    dropped = ~patch_grid(kept, image.shape[0], patch_size)
+    rows, cols = np.indices(dropped.shape)
+    border = (rows % patch_size == 0) | (rows % patch_size == patch_size - 1)
+    border |= (cols % patch_size == 0) | (cols % patch_size == patch_size - 1)
+    rgb[dropped & border] = DROPPED_COLOUR
+    return rgb
 
 
 def _show(axis, image: np.ndarray) -> None:
@@ -48,16 +58,16 @@ def token_selection_figure(
     images: np.ndarray, kept: np.ndarray, patch_size: int, *, title: str = ''
 ) -> Figure:
     """Top row: the images (B, H, W, C) in [0, 1]; bottom row: the same with the patches the
-    selector dropped dimmed. kept: (B, num_patches) bool."""
+    selector dropped outlined. kept: (B, num_patches) bool."""
     count = len(images)
     figure = Figure(figsize=(1.6 * count, 3.4))
     axes = figure.subplots(2, count, squeeze=False)
     for i in range(count):
         _show(axes[0, i], images[i])
-        _show(axes[1, i], dim_dropped_patches(images[i], kept[i], patch_size))
+        _show(axes[1, i], outline_dropped_patches(images[i], kept[i], patch_size))
         axes[1, i].set_xlabel(f'{int(np.sum(kept[i]))} patches kept', fontsize=8)
     axes[0, 0].set_ylabel('image', fontsize=8)
-    axes[1, 0].set_ylabel('selected', fontsize=8)
+    axes[1, 0].set_ylabel('dropped: outlined', fontsize=8)
     if title:
         figure.suptitle(title, fontsize=9)
     figure.tight_layout()
@@ -122,6 +132,22 @@ def plot_moved(axis, steps, moved) -> None:
     axis.set_xlabel('update step', fontsize=8)
 
 
+# What the history panels say for a run whose masks never changed (one record: the initial masks).
+NO_UPDATES = 'no topology update in this run:\nthe masks are the initial ones'
+
+
+def updated(steps: np.ndarray) -> bool:
+    """Whether the records of `steps` hold a topology update besides the initial masks (step 0)."""
+    return bool(np.any(np.asarray(steps) > 0))
+
+
+def plot_note(axis, note: str) -> None:
+    """`note` in the middle of an empty panel, where a curve would have one point."""
+    axis.text(0.5, 0.5, note, ha='center', va='center', fontsize=9, transform=axis.transAxes)
+    axis.set_xticks([])
+    axis.set_yticks([])
+
+
 def density_figure(
     layer_density: Mapping[str, float],
     steps: np.ndarray,
@@ -130,14 +156,18 @@ def density_figure(
     fired_density: np.ndarray | None = None,
     *,
     title: str = '',
+    no_updates: str = NO_UPDATES,
 ) -> Figure:
     """Left: the latest per-layer densities; right: overall density and weights moved per
-    topology update over training."""
+    topology update over training, or the `no_updates` note when there was none."""
     figure = Figure(figsize=(10, max(4.0, 0.13 * len(layer_density) + 1.5)))
     grid = figure.add_gridspec(2, 2, width_ratios=(1.0, 1.3))
     plot_layer_density(figure.add_subplot(grid[:, 0]), layer_density)
-    plot_density_history(figure.add_subplot(grid[0, 1]), steps, density, fired_density)
-    plot_moved(figure.add_subplot(grid[1, 1]), steps, moved)
+    if updated(steps):
+        plot_density_history(figure.add_subplot(grid[0, 1]), steps, density, fired_density)
+        plot_moved(figure.add_subplot(grid[1, 1]), steps, moved)
+    else:
+        plot_note(figure.add_subplot(grid[:, 1]), no_updates)
     if title:
         figure.suptitle(title, fontsize=9)
     figure.tight_layout()
@@ -153,7 +183,8 @@ def head_mask_image(masks: np.ndarray) -> np.ndarray:
 
 
 def plot_head_masks(axis, steps: np.ndarray, masks: np.ndarray) -> None:
-    """Active heads (dark) per block over the updates, blocks separated by lines."""
+    """Active heads (dark) per block over the updates, blocks separated by lines; blocks named
+    on the left, a tick per head on the right (numbered while there is room)."""
     image = head_mask_image(masks)
     heads = masks.shape[2]
     axis.imshow(image, aspect='auto', cmap='Greys', vmin=0, vmax=1, interpolation='nearest')
@@ -161,18 +192,35 @@ def plot_head_masks(axis, steps: np.ndarray, masks: np.ndarray) -> None:
         axis.axhline(boundary - 0.5, color='tab:orange', linewidth=0.6)
     axis.set_yticks(np.arange(masks.shape[1]) * heads + (heads - 1) / 2)
     axis.set_yticklabels([f'block {i}' for i in range(masks.shape[1])], fontsize=6)
+    rows = np.arange(image.shape[0])
+    labels = [f'h{row % heads}' for row in rows] if len(rows) <= 48 else []
+    axis.set_yticks(rows, labels, minor=True, fontsize=5)
+    axis.tick_params(axis='y', which='minor', left=False, right=True, labelright=True)
     ticks = np.unique(np.linspace(0, len(steps) - 1, min(len(steps), 8)).round().astype(int))
     axis.set_xticks(ticks, [str(steps[t]) for t in ticks], fontsize=7)
     axis.set_xlabel('update step', fontsize=8)
     axis.set_title('head mask (dark: active)', fontsize=8)
 
 
+BLOCK_MARKERS = ('o', 's', '^', 'D', 'v', 'P', 'X', '*')
+BLOCK_DASHES = ('-', '--', ':', '-.')
+
+
 def plot_unit_density(
     axis, steps: np.ndarray, values: np.ndarray, label: str, fraction: bool = False
 ) -> None:
-    """One line per block of `values` [T, depth]: a kept fraction (fraction=True) or a count."""
+    """One line per block of `values` [T, depth]: a kept fraction (fraction=True) or a count.
+    Blocks differ in colour, marker and dash (lines on top of each other stay apart)."""
     for block in range(values.shape[1]):
-        axis.plot(steps, values[:, block], marker='.', linewidth=0.8, label=f'block {block}')
+        axis.plot(
+            steps,
+            values[:, block],
+            marker=BLOCK_MARKERS[block % len(BLOCK_MARKERS)],
+            linestyle=BLOCK_DASHES[block // len(BLOCK_MARKERS) % len(BLOCK_DASHES)],
+            markersize=4,
+            linewidth=0.8,
+            label=f'block {block}',
+        )
     if fraction:
         axis.set_ylim(0, 1.02)
     axis.set_ylabel(label, fontsize=8)
@@ -189,10 +237,12 @@ def heads_figure(
     *,
     neuron_fraction: bool = True,
     title: str = '',
+    no_updates: str = NO_UPDATES,
 ) -> Figure:
     """S²ViTE units over training: the head mask [T, depth, heads] as an image (or, for runs
     logged without it, active heads per block [T, depth]) and MLP neurons per block [T, depth],
-    as kept fractions (neuron_fraction) or counts."""
+    as kept fractions (neuron_fraction) or counts; the neuron panel holds the `no_updates` note
+    when the topology never changed."""
     figure = Figure(figsize=(10, 4.5))
     left, right = figure.subplots(1, 2)
     if head_masks is not None:
@@ -200,7 +250,10 @@ def heads_figure(
     else:
         plot_unit_density(left, steps, active_heads, 'active heads')
     label = 'neuron density' if neuron_fraction else 'active neurons'
-    plot_unit_density(right, steps, neurons, label, fraction=neuron_fraction)
+    if updated(steps):
+        plot_unit_density(right, steps, neurons, label, fraction=neuron_fraction)
+    else:
+        plot_note(right, no_updates)
     if title:
         figure.suptitle(title, fontsize=9)
     figure.tight_layout()

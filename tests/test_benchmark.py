@@ -17,6 +17,7 @@ import pytest
 from jax.experimental.compilation_cache import compilation_cache
 
 from sparse_vit_jax import benchmark, flops
+from sparse_vit_jax import config as config_lib
 from sparse_vit_jax.benchmark import jax_bench, measure, timing
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -176,11 +177,8 @@ def test_deployed_slim_model_keeps_the_configured_units(tiny_config):
 
 
 def test_input_pipeline_speed_and_train_demand():
-    sys.path.insert(0, os.path.join(REPO, 'configs'))
-    import dense
-
     result = benchmark.input_speed(
-        dense.get_config('model=deit_tiny'),
+        config_lib.load('configs/dense.py:model=deit_tiny'),
         num_images=16,
         batch=8,
         augment='light',

@@ -2,15 +2,8 @@
 the run log survives a torn line, finished runs are recognized by their exact settings, and the
 table gives mean ± std over seeds with every seed's value."""
 
-import os
-import sys
-
 from sparse_vit_jax import config as config_lib
 from sparse_vit_jax import study
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, 'configs'))
-import fashion_mnist  # noqa: E402
 
 
 def _record(row, seed, top1, **fields):
@@ -51,7 +44,7 @@ def test_log_resume_and_table(tmp_path):
 
 def test_every_row_is_a_valid_config():
     for row in study.ROWS.values():
-        config = fashion_mnist.get_config(f'{row.args},seed=0')
+        config = config_lib.load(f'configs/fashion_mnist.py:{row.args},seed=0')
         for override in row.overrides:
             field, value = override.split('=')
             section, leaf = field.split('.')

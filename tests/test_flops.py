@@ -1,7 +1,6 @@
 """FLOPs: the paper's convention (docs/reference.md §6) against its published points, monotone
 savings, XLA's count of the compiled forward, and tools/flops.py."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -158,9 +157,7 @@ def test_flops_tool_prints_the_json_fields():
 
 
 def test_sviteplus_config_reaches_the_report():
-    spec = importlib.util.spec_from_file_location('sviteplus', f'{REPO}/configs/sviteplus.py')
-    sviteplus = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sviteplus)
+    sviteplus = config_lib.config_file('configs/sviteplus.py')
 
     for arg, keep in (('keep_tokens=138', 138), ('method=s2viteplus,keep_tokens=99', 99)):
         config = sviteplus.get_config(arg)

@@ -46,6 +46,22 @@ def test_head_mask_image_is_the_mask_and_is_what_is_drawn():
     figure = plots.heads_figure(steps, masks, masks.sum(2), np.full((5, 3), 0.5))
     drawn = figure.axes[0].get_images()[0].get_array()
     np.testing.assert_array_equal(np.asarray(drawn), image)
+    # A tick per head (numbered), and neuron lines that differ in more than colour.
+    heads_axis, neurons_axis = figure.axes
+    labels = [t.get_text() for t in heads_axis.get_yticklabels(minor=True)]
+    assert labels == ['h0', 'h1', 'h2', 'h3'] * 3
+    styles = {(line.get_marker(), line.get_linestyle()) for line in neurons_axis.lines}
+    assert len(styles) == 3
+
+
+def test_a_run_without_topology_updates_says_so_instead_of_single_points():
+    initial = np.array([0])  # the one record of such a run: the initial masks
+    figure = plots.density_figure({'head/kernel': 0.5}, initial, np.array([0.5]), np.array([0]))
+    assert [t.get_text() for a in figure.axes for t in a.texts] == [plots.NO_UPDATES]
+    assert not any(a.lines for a in figure.axes)
+    masks = np.ones((1, 2, 4), bool)
+    figure = plots.heads_figure(initial, masks, masks.sum(2), np.ones((1, 2)), no_updates='none')
+    assert [t.get_text() for a in figure.axes for t in a.texts] == ['none']
 
 
 def test_heads_figure_without_masks_draws_head_counts_and_neuron_fractions():

@@ -6,22 +6,14 @@ Args: data_dir (where the 'tiny_images' TFDS dataset was written, see tests/conf
 every arg of configs/fashion_mnist.py.
 """
 
-import os
-import sys
-
-sys.path.insert(
-    0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
-)
-
-import fashion_mnist  # noqa: E402
-
-from sparse_vit_jax import config as config_lib  # noqa: E402
+from sparse_vit_jax import config as config_lib
 
 
 def get_config(arg: str | None = None):
     items = [item for item in (arg or '').split(',') if item]
     data_dir = [i.split('=', 1)[1] for i in items if i.startswith('data_dir=')]
-    c = fashion_mnist.get_config(','.join(i for i in items if not i.startswith('data_dir=')))
+    fashion_args = ','.join(i for i in items if not i.startswith('data_dir='))
+    c = config_lib.load(f'configs/fashion_mnist.py:{fashion_args}')
     c.model = config_lib.model_config('vit_test')
     c.data.update(
         dict(

@@ -28,17 +28,17 @@ compiler (libtpu installed, no TPU needed). input: the production ImageNet pipel
 --num_images fake 375×500 JPEGs, optionally against a model's train-step demand.
 """
 
-import importlib.util
 import json
-import os
 
 from absl import app, flags
 from ml_collections import config_flags
 
 from sparse_vit_jax import cli  # first: it sets up TensorFlow's environment
+from sparse_vit_jax import config as config_lib
 
 COMMANDS = ('train', 'infer', 'memory', 'input')
-DEFAULT_INPUT_CONFIG = ('dense.py', 'model=deit_tiny')
+# The production ImageNet recipe for DeiT-Tiny.
+DEFAULT_INPUT_CONFIG = 'configs/dense.py:model=deit_tiny'
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file (path[:args]): compare its method against dense.', lock_config=True
@@ -75,7 +75,7 @@ _DEMAND = flags.DEFINE_string(
 _WORKDIR = flags.DEFINE_string('workdir', None, 'input: where the fake data goes (temp dir).')
 _STEP_MS = flags.DEFINE_float(
     'step_ms', 0.0, "input: consume each batch in this many ms (an accelerator's step): the "
-    'wait for each epoch\'s first batch is then the epoch-boundary stall.'
+    "wait for each epoch's first batch is then the epoch-boundary stall."
 )
 _TOPOLOGY = flags.DEFINE_string(
     'topology',
@@ -86,15 +86,6 @@ _TOPOLOGY = flags.DEFINE_string(
 _JSON = flags.DEFINE_bool('json', False, 'Print one JSON object.')
 
 
-def default_input_config():
-    """configs/dense.py for DeiT-Tiny: the production ImageNet recipe."""
-    name, arg = DEFAULT_INPUT_CONFIG
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    path = os.path.join(repo, 'configs', name)
-    spec = importlib.util.spec_from_file_location('dense_config', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
 
 
 def run_command(command: str) -> dict:
@@ -105,7 +96,7 @@ def run_command(command: str) -> dict:
         import tensorflow_datasets as tfds
 
         tfds.disable_progress_bar()  # preparing the fake data would draw bars on stderr
-        config = _CONFIG.value or default_input_config()
+        config = _CONFIG.value or config_lib.load(DEFAULT_INPUT_CONFIG)
         return benchmark.input_speed(
             config,
             num_images=_NUM_IMAGES.value,
@@ -169,8 +160,8 @@ def describe(result: dict) -> str:
     head = f"{mode}: {result['images_per_sec']:.1f} images/s"
     if mode == 'input':
         line = (
-            f"{head} ({result['images_per_sec_per_core']:.1f} per core, "
-            f"{result['images_per_cpu_second']:.1f} per CPU-second)"
+            f"{head} ({result['images_per_sec_per_core']:.1f} images/s per core, "
+            f"{result['images_per_cpu_second']:.1f} images per CPU-second)"
         )
         if 'ratio' in result:
             line += (
@@ -181,25 +172,25 @@ def describe(result: dict) -> str:
     if 'overhead' in result:
         return (
             f"{head} ({result['config_method']}, amortized over ΔT={result['update_every']}) vs "
-            f"dense {result['dense_images_per_sec']:.1f}: overhead {result['overhead']:+.1%} "
-            f"(regular steps {result['regular_overhead']:+.1%})"
+            f"dense {result['dense_images_per_sec']:.1f} images/s: overhead "
+            f"{result['overhead']:+.1%} (regular steps {result['regular_overhead']:+.1%})"
         )
     if 'time_saving' in result:
         return (
-            f"{head} ({result['deployed']}) vs dense {result['dense_images_per_sec']:.1f}: "
-            f"time saving {result['time_saving']:.1%}, FLOPs saving {result['flops_saving']:.1%}"
+            f"{head} ({result['deployed']}) vs dense "
+            f"{result['dense_images_per_sec']:.1f} images/s: time saving {result['time_saving']:.1%}, FLOPs saving {result['flops_saving']:.1%}"
         )
     step = result['step_time_ms']
     line = (
         f"{head} {result['model']} batch {result['batch']} {result['dtype']}: step "
-        f"{step['median']:.1f} ms (p10 {step['p10']:.1f}, p90 {step['p90']:.1f}), "
+        f"{step['median']:.1f} ms (p10 {step['p10']:.1f} ms, p90 {step['p90']:.1f} ms), "
         f"compile {result['compile_seconds']:.1f} s"
     )
     if 'fraction_of_matmul_rate' in result:
         line += (
             f"; {result['achieved_gflops_per_sec']:.0f} GFLOP/s = "
             f"{result['fraction_of_matmul_rate']:.0%} of the matmul rate "
-            f"{result['matmul_gflops_per_sec']:.0f}"
+            f"{result['matmul_gflops_per_sec']:.0f} GFLOP/s"
         )
     if 'mfu' in result:
         line += f"; MFU {result['mfu']:.1%} of {result['peak_tflops']:g} TFLOP/s"

@@ -15,7 +15,7 @@ from ml_collections import config_flags
 
 from sparse_vit_jax import cli  # first: it sets up TensorFlow's environment
 from sparse_vit_jax import config as config_lib
-from sparse_vit_jax import flops
+from sparse_vit_jax import flops, units
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file (path[:args]).', lock_config=True
@@ -34,18 +34,17 @@ def main(argv):
     if _JSON.value:
         print(json.dumps(result))
         return
+    macs = lambda key: units.quantity(result[key] * 1e9, 'MACs', like=result['dense_gmacs'] * 1e9)
     print(
-        f"{config.model.name} ({config.sparsity.method}): {result['gmacs']:.3f} GMACs per image "
-        f"(dense {result['dense_gmacs']:.3f}, saving {result['saving']:.2%})"
+        f"{config.model.name} ({config.sparsity.method}): {macs('gmacs')} per image "
+        f"(dense {macs('dense_gmacs')}, saving {result['saving']:.2%})"
     )
     if 'slim_gmacs' in result:
-        print(f"  slim model (proj shrunk too): {result['slim_gmacs']:.3f} GMACs")
+        print(f"  slim model (proj shrunk too): {macs('slim_gmacs')} per image")
     if 'xla_gflops' in result:
-        print(
-            f"  XLA: {result['xla_gflops']:.3f} GFLOPs per image "
-            f"(dense {result['xla_dense_gflops']:.3f})"
-        )
-
+        dense = result['xla_dense_gflops'] * 1e9
+        xla = lambda key: units.quantity(result[key] * 1e9, 'FLOPs', like=dense)
+        print(f"  XLA: {xla('xla_gflops')} per image (dense {xla('xla_dense_gflops')})")
 
 if __name__ == '__main__':
     cli.run(main)

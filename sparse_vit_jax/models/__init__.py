@@ -83,21 +83,32 @@ def token_overrides(tokens_config: Mapping[str, Any] | None) -> dict[str, Any]:
     )
 
 
+def config_kwargs(
+    model_config: Mapping[str, Any], tokens_config: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The VisionTransformer fields of a config's `model` section (its name and dtype name left
+    out), with the token selector its `tokens` section asks for (see `token_overrides`)."""
+    kwargs = dict(model_config, **token_overrides(tokens_config))
+    for field in ('num_heads', 'mlp_dim'):  # JSON turns per-layer tuples into lists
+        if isinstance(kwargs.get(field), list):
+            kwargs[field] = tuple(kwargs[field])
+    return {k: v for k, v in kwargs.items() if k not in ('name', 'dtype')}
+
+
 def create_model_from_config(
     model_config: Mapping[str, Any], tokens_config: Mapping[str, Any] | None = None
 ) -> VisionTransformer:
     """The model a config's `model` section describes (name, constructor fields, dtype name),
     with the token selector its `tokens` section asks for (see `token_overrides`)."""
-    kwargs = dict(model_config, **token_overrides(tokens_config))
-    name = kwargs.pop('name')
-    kwargs['dtype'] = jnp.dtype(kwargs.get('dtype', 'float32'))
-    for field in ('num_heads', 'mlp_dim'):  # JSON turns per-layer tuples into lists
-        if isinstance(kwargs.get(field), list):
-            kwargs[field] = tuple(kwargs[field])
-    return create_model(name, **kwargs)
+    return create_model(
+        model_config['name'],
+        dtype=jnp.dtype(model_config.get('dtype', 'float32')),
+        **config_kwargs(model_config, tokens_config),
+    )
 
 
 __all__ = [
+    'config_kwargs',
     'create_model_from_config',
     'ALIASES',
     'MODEL_CONFIGS',

@@ -27,13 +27,8 @@ from typing import Any
 import jax
 import numpy as np
 
-FIDELITIES = ('reference', 'improved')
-
-
-def block_names(params: Mapping[str, Any]) -> list[str]:
-    """'blocks_0', 'blocks_1', ... in depth order (not string order: blocks_10 after blocks_9)."""
-    names = [name for name in params if name.startswith('blocks_')]
-    return sorted(names, key=lambda name: int(name.split('_')[1]))
+from sparse_vit_jax.layer_order import block_names
+from sparse_vit_jax.sparsity.api import FIDELITIES
 
 
 def unit_masks(masks: Mapping[str, Any] | None) -> tuple[np.ndarray, np.ndarray]:

@@ -178,11 +178,11 @@ class Attention(nn.Module):
     ) -> jax.Array:
         if self.token_keep:
             x = TokenSelector(
-                self.token_keep,
-                'zero',
-                self.token_eval,
-                self.kernel_init,
-                self.dtype,
+                keep=self.token_keep,
+                mode='zero',
+                eval_mode=self.token_eval,
+                kernel_init=self.kernel_init,
+                dtype=self.dtype,
                 name='token_selector',
             )(x, train=train, tau=tau)
         batch, tokens, _ = x.shape
@@ -247,18 +247,24 @@ class Block(nn.Module):
         norm = lambda name: layer_norm(name, self.dtype)
         drop_path = DropPath(self.drop_path)
         attn = Attention(
-            self.num_heads,
-            self.head_dim,
-            dim,
-            self.kernel_init,
-            self.dtype,
-            self.token_keep,
-            self.token_eval,
+            num_heads=self.num_heads,
+            head_dim=self.head_dim,
+            out_dim=dim,
+            kernel_init=self.kernel_init,
+            dtype=self.dtype,
+            token_keep=self.token_keep,
+            token_eval=self.token_eval,
             name='attn',
         )
         attended = attn(norm('norm1')(x), head_mask, train=train, tau=tau, key_mask=key_mask)
         x = x + drop_path(attended, train)
-        mlp = Mlp(self.mlp_dim, dim, self.kernel_init, self.dtype, name='mlp')
+        mlp = Mlp(
+            hidden_dim=self.mlp_dim,
+            out_dim=dim,
+            kernel_init=self.kernel_init,
+            dtype=self.dtype,
+            name='mlp',
+        )
         return x + drop_path(mlp(norm('norm2')(x), neuron_mask), train)
 
 
@@ -386,11 +392,11 @@ class VisionTransformer(nn.Module):
         key_mask = None
         if self.keep_tokens:
             selector = TokenSelector(
-                self.keep_tokens,
-                self.token_mode,
-                self.token_eval,
-                inits['dense'],
-                self.dtype,
+                keep=self.keep_tokens,
+                mode=self.token_mode,
+                eval_mode=self.token_eval,
+                kernel_init=inits['dense'],
+                dtype=self.dtype,
                 name='token_selector',
             )
             if self.token_mode == 'mask' and train:
@@ -404,15 +410,16 @@ class VisionTransformer(nn.Module):
         rates = [self.drop_path_rate * i / max(self.depth - 1, 1) for i in range(self.depth)]
         block_cls = remat_block(self.remat)
         for i, (heads, hidden) in enumerate(zip(self.heads_per_layer, self.mlp_per_layer)):
+            # The call's arguments stay positional: remat marks `train` static by position.
             x = block_cls(
-                heads,
-                self.resolved_head_dim,
-                hidden,
-                rates[i],
-                inits['dense'],
-                self.dtype,
-                block_keep,
-                self.token_eval,
+                num_heads=heads,
+                head_dim=self.resolved_head_dim,
+                mlp_dim=hidden,
+                drop_path=rates[i],
+                kernel_init=inits['dense'],
+                dtype=self.dtype,
+                token_keep=block_keep,
+                token_eval=self.token_eval,
                 name=f'blocks_{i}',
             )(
                 x,

@@ -12,7 +12,11 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from sparse_vit_jax.sparsity.masks import path_name
+from sparse_vit_jax.layer_order import named_leaves
+
+# 'reference' reproduces the official code's decisions, 'improved' fixes its accidents (README
+# "Fidelity"); the functions below and sparsity/transform.py, models/slim.py read it.
+FIDELITIES = ('reference', 'improved')
 
 
 class SparseState(NamedTuple):
@@ -87,11 +91,6 @@ def forward_masks(masks: dict | None, fidelity: str) -> dict | None:
     return gates if any(v is not None for v in gates.values()) else None
 
 
-def _named(tree: Any) -> dict[str, jax.Array]:
-    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {path_name(path): leaf for path, leaf in leaves}
-
-
 def summary(opt_state: Any) -> dict[str, Any] | None:
     """Sparsity metrics on device (jit it; fetch at log time): per-layer density, the weights
     moved by the latest update, the union of all masks so far ("fired"), unit counts, and for
@@ -100,11 +99,11 @@ def summary(opt_state: Any) -> dict[str, Any] | None:
     state = sparse_state(opt_state)
     if state is None:
         return None
-    weights = _named(state.masks['weights'])
+    weights = named_leaves(state.masks['weights'])
     active = {k: jnp.sum(m, dtype=jnp.int32) for k, m in weights.items()}
     sizes = sum(m.size for m in weights.values())
-    fired = sum(jnp.sum(m, dtype=jnp.int32) for m in _named(state.ever_active).values())
-    moved = _named(state.last_update['moved'])
+    fired = sum(jnp.sum(m, dtype=jnp.int32) for m in named_leaves(state.ever_active).values())
+    moved = named_leaves(state.last_update['moved'])
     out = {
         'density': sum(active.values()) / sizes,
         'layer_density': {k: a / weights[k].size for k, a in active.items()},

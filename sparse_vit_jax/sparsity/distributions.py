@@ -16,16 +16,16 @@ Shape = Sequence[int]
 
 def _validate(shapes: Mapping[str, Shape], density: float) -> dict[str, tuple[int, ...]]:
     if not isinstance(shapes, Mapping) or len(shapes) == 0:
-        raise ValueError("shapes must be a non-empty mapping from layer name to shape")
+        raise ValueError('shapes must be a non-empty mapping from layer name to shape')
     if not (0.0 < float(density) <= 1.0):
-        raise ValueError(f"density must be in (0, 1], got {density!r}")
+        raise ValueError(f'density must be in (0, 1], got {density!r}')
     clean: dict[str, tuple[int, ...]] = {}
     for name, shape in shapes.items():
         dims = tuple(int(d) for d in shape)
         if len(dims) == 0 or any(d <= 0 for d in dims):
             raise ValueError(
-                f"layer {name!r} has an invalid shape {tuple(shape)!r}; "
-                "every dimension must be a positive integer"
+                f'layer {name!r} has an invalid shape {tuple(shape)!r}; '
+                'every dimension must be a positive integer'
             )
         clean[name] = dims
     return clean
@@ -87,6 +87,17 @@ def erk(shapes: Mapping[str, Shape], density: float) -> dict[str, float]:
         dense.update(name for name in sparse_names if raw[name] == max_raw)
 
     return {name: 1.0 if name in dense else epsilon * raw[name] for name in clean}
+
+
+# config.sparsity.distribution: the name of each distribution.
+NAMES = ('erk', 'uniform')
+
+
+def densities(distribution: str, shapes: Mapping[str, Shape], density: float) -> dict[str, float]:
+    """The per-layer densities of the distribution named `distribution` (one of NAMES)."""
+    if distribution not in NAMES:
+        raise ValueError(f'unknown distribution {distribution!r}; choose one of {NAMES}')
+    return (erk if distribution == 'erk' else uniform)(shapes, density)
 
 
 def overall_density(shapes: Mapping[str, Shape], densities: Mapping[str, float]) -> float:

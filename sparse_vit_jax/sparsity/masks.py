@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sparse_vit_jax.layer_order import path_name
 from sparse_vit_jax.sparsity import distributions
 
 Path = tuple[str, ...]
@@ -24,24 +25,11 @@ Tree = Any
 
 # The learnable token selector (SViTE+) is never sparsified; the reference skips names containing
 # 'gumbel', which is what it called the selector.
-_NEVER_PRUNED = ("token_selector",)
-
-
-def _path_part(entry: Any) -> str:
-    """A path component as a string; accepts jax key-path entries (DictKey, GetAttrKey, ...)."""
-    for attribute in ("key", "name", "idx"):
-        if hasattr(entry, attribute):
-            return str(getattr(entry, attribute))
-    return str(entry)
-
-
-def path_name(path: Path) -> str:
-    """'/'-joined layer name of a path."""
-    return "/".join(_path_part(p) for p in path)
+_NEVER_PRUNED = ('token_selector',)
 
 
 def _shape(leaf: Any) -> tuple[int, ...]:
-    if hasattr(leaf, "shape"):
+    if hasattr(leaf, 'shape'):
         return tuple(int(d) for d in leaf.shape)
     return tuple(int(d) for d in leaf)
 
@@ -68,7 +56,7 @@ def is_prunable(path: Path, leaf: Any) -> bool:
     """
     if leaf is None:
         return False
-    if any(word in _path_part(p) for p in path for word in _NEVER_PRUNED):
+    if any(word in path_name(path) for word in _NEVER_PRUNED):
         return False
     return len(_shape(leaf)) in (2, 4)
 
@@ -82,17 +70,12 @@ def prunable_shapes(params_or_shapes: Tree) -> dict[str, tuple[int, ...]]:
     }
 
 
-def layer_densities(params_or_shapes: Tree, density: float, distribution: str = "erk") -> Tree:
+def layer_densities(params_or_shapes: Tree, density: float, distribution: str = 'erk') -> Tree:
     """Per-layer initial densities: a float on prunable leaves, None elsewhere.
 
     distribution: 'erk' (the reference's fixed_ERK) or 'uniform'.
     """
-    if distribution == "erk":
-        flat = distributions.erk(prunable_shapes(params_or_shapes), density)
-    elif distribution == "uniform":
-        flat = distributions.uniform(prunable_shapes(params_or_shapes), density)
-    else:
-        raise ValueError(f"unknown distribution {distribution!r}; use 'erk' or 'uniform'")
+    flat = distributions.densities(distribution, prunable_shapes(params_or_shapes), density)
     return _map_leaves(
         lambda path, leaf: flat[path_name(path)] if is_prunable(path, leaf) else None,
         params_or_shapes,
@@ -110,7 +93,7 @@ def layer_key(key: jax.Array, name: str) -> jax.Array:
     Stable across processes and independent of which other layers exist, unlike Python's hash
     or an enumeration index.
     """
-    return jax.random.fold_in(key, zlib.crc32(name.encode("utf-8")) & 0x7FFFFFFF)
+    return jax.random.fold_in(key, zlib.crc32(name.encode('utf-8')) & 0x7FFFFFFF)
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2))
@@ -148,10 +131,10 @@ def random_weight_masks(
             return None
         name = path_name(path)
         if name not in flat_density:
-            raise ValueError(f"no density given for prunable layer {name!r}")
+            raise ValueError(f'no density given for prunable layer {name!r}')
         density = float(flat_density[name])
         if not 0.0 <= density <= 1.0:
-            raise ValueError(f"density of {name!r} must be in [0, 1], got {density}")
+            raise ValueError(f'density of {name!r} must be in [0, 1], got {density}')
         shape = _shape(leaf)
         if density >= 1.0:
             return jnp.ones(shape, dtype=bool)
@@ -171,9 +154,9 @@ def random_unit_masks(key: jax.Array, depth: int, num_units: int, density: float
     does, e.g. Small MLP at 0.7: int(1536 * 0.7) = 1075.
     """
     if depth <= 0 or num_units <= 0:
-        raise ValueError(f"depth and num_units must be positive, got {depth}, {num_units}")
+        raise ValueError(f'depth and num_units must be positive, got {depth}, {num_units}')
     if not 0.0 <= density <= 1.0:
-        raise ValueError(f"density must be in [0, 1], got {density!r}")
+        raise ValueError(f'density must be in [0, 1], got {density!r}')
     return _unit_masks(key, depth, num_units, int(num_units * density))
 
 
@@ -200,5 +183,5 @@ def overall_weight_density(masks: Tree) -> float:
         active += int(jnp.sum(jnp.asarray(mask, dtype=jnp.int32)))
         total += int(np.prod(jnp.shape(mask)))
     if total == 0:
-        raise ValueError("no masks given")
+        raise ValueError('no masks given')
     return active / total

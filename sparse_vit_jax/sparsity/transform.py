@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from sparse_vit_jax.layer_order import block_names
 from sparse_vit_jax.sparsity import masks as masks_lib
 from sparse_vit_jax.sparsity import prune_grow, schedules
 from sparse_vit_jax.sparsity.api import SparseState
@@ -93,11 +94,6 @@ class SparsitySpec:
         return self.gates_units and self.dynamic
 
 
-def _blocks(tree: Any) -> list[str]:
-    names = [name for name in tree if name.startswith('blocks_')]
-    return sorted(names, key=lambda name: int(name.split('_')[1]))
-
-
 def unit_weight_masks(params: Any, heads: jax.Array, neurons: jax.Array, head_dim: int) -> Any:
     """Weight masks derived from head and neuron masks (the structured source of truth).
 
@@ -105,7 +101,7 @@ def unit_weight_masks(params: Any, heads: jax.Array, neurons: jax.Array, head_di
     fc2 row j. Every other leaf is None (not masked: qkv bias, proj, norms, ...).
     """
     masks = jax.tree.map(lambda _: None, params)
-    for i, block in enumerate(_blocks(params)):
+    for i, block in enumerate(block_names(params)):
         columns = jnp.repeat(heads[i], head_dim)  # [H·hd]
         qkv = jnp.tile(columns, 3)  # [q | k | v]
         dim = params[block]['attn']['qkv']['kernel'].shape[0]
@@ -133,7 +129,7 @@ def _count(mask: jax.Array) -> jax.Array:
 def initial_masks(spec: SparsitySpec, params: Any, key: jax.Array) -> dict[str, Any]:
     """The run's starting topology (reference: Bernoulli per layer; improved: exact counts)."""
     if spec.structured:
-        depth = len(_blocks(params))
+        depth = len(block_names(params))
         hidden = params['blocks_0']['mlp']['fc1']['kernel'].shape[1]
         head_key, neuron_key = jax.random.split(key)
         heads = masks_lib.random_unit_masks(head_key, depth, spec.num_heads, spec.head_density)
@@ -161,7 +157,7 @@ def _unstructured_update(spec, weights, grads, masks, rate):
 
 
 def _structured_update(spec, weights, grads, masks, rate, scores):
-    blocks = _blocks(weights)
+    blocks = block_names(weights)
     stack = lambda tree, *path: jnp.stack([_get(tree[b], path) for b in blocks])
     heads = jax.vmap(prune_grow.head_prune_grow, in_axes=(0, 0, 0, None))(
         scores['head_taylor'], scores['head_grad_norm'], masks['heads'], rate

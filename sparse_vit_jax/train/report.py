@@ -5,18 +5,15 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-import jax
 import numpy as np
 
-from sparse_vit_jax.layer_order import in_model_order
+from sparse_vit_jax.layer_order import in_model_order, named_leaves
 from sparse_vit_jax.sparsity import masks as masks_lib
 from sparse_vit_jax.sparsity.api import apply_weight_masks
 
 
 def _named_leaves(tree: Any) -> list[tuple[str, np.ndarray]]:
-    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    named = [(masks_lib.path_name(path), np.asarray(leaf)) for path, leaf in leaves]
-    return sorted(named, key=lambda item: item[0])
+    return sorted((name, np.asarray(leaf)) for name, leaf in named_leaves(tree).items())
 
 
 def params_fingerprint(params: Any, masks: Any = None) -> str:

@@ -20,6 +20,7 @@ import optax
 from sparse_vit_jax import config as config_lib
 from sparse_vit_jax.data import mixup
 from sparse_vit_jax.data.mixup import smooth_labels
+from sparse_vit_jax.layer_order import block_names
 from sparse_vit_jax.models.vit import HEAD_OUTPUTS
 from sparse_vit_jax.sparsity import api as sparsity_api
 from sparse_vit_jax.sparsity import schedules
@@ -57,10 +58,10 @@ class TrainStep:
     """Everything a train step needs besides the state and the batch.
 
     Attributes:
-      forward_masks: maps the optimizer's masks to the masks the forward pass takes (e.g. only the
-        head/neuron gates in improved structured mode; None when the weights carry the zeros).
-      zeroed_masks: maps the optimizer's masks to the weight masks whose zeros the params hold
-        (None: nothing zeroed); the EMA is held to the same zeros.
+      fidelity: config.sparsity.fidelity. It decides which of the optimizer's masks the forward
+        pass takes (`sparsity.api.forward_masks`: the head/neuron gates in improved structured
+        runs, else none, the weights carrying the zeros) and whose zeros the params and their
+        EMA hold (`sparsity.api.zeroed_masks`).
       needs_head_scores: whether the optimizer wants S²ViTE head scores at update steps.
       needs_neuron_gate_grads: whether it wants the loss gradient at the neuron gates
         (improved S²ViTE growth); the forward pass then takes float gates.
@@ -73,15 +74,16 @@ class TrainStep:
     seed: int
     num_classes: int
     label_smoothing: float
-    forward_masks: Callable[[Any], Any] = lambda masks: None
-    zeroed_masks: Callable[[Any], Any] = functools.partial(
-        sparsity_api.zeroed_masks, fidelity='reference'
-    )
+    fidelity: str = 'reference'
     needs_head_scores: bool = False
     needs_neuron_gate_grads: bool = False
     mix: Callable | None = None
     tau: Callable | None = None
     ema_decay: float = 0.0
+
+    def forward_masks(self, masks: dict | None) -> dict | None:
+        """The masks the forward pass takes of the optimizer's `masks`."""
+        return sparsity_api.forward_masks(masks, self.fidelity)
 
     def _targets(self, keys, images, labels):
         if self.mix is not None:
@@ -137,7 +139,7 @@ class TrainStep:
         )(state.params, perturbations, gates)
         update_args = {}
         if self.needs_head_scores:
-            blocks = sorted(output_grads, key=lambda name: int(name.split('_')[-1]))
+            blocks = block_names(output_grads)
             update_args = head_scores(
                 [inter[b]['attn'][HEAD_OUTPUTS][0] for b in blocks],
                 [output_grads[b]['attn'][HEAD_OUTPUTS] for b in blocks],
@@ -156,7 +158,7 @@ class TrainStep:
             )
             # The EMA of a sparse run is the sparse model: held to the same zeros as the params
             # (a pruned weight's average would otherwise decay towards 0 but never reach it).
-            zeroed = self.zeroed_masks(sparsity_api.masks_of(opt_state))
+            zeroed = sparsity_api.zeroed_masks(sparsity_api.masks_of(opt_state), self.fidelity)
             if zeroed is not None:
                 ema = sparsity_api.apply_weight_masks(ema, zeroed)
             new_state = new_state.replace(ema_params=ema)
@@ -223,12 +225,7 @@ def make_train_step(
         seed=config.seed,
         num_classes=config.model.num_classes,
         label_smoothing=config.label_smoothing,
-        forward_masks=functools.partial(
-            sparsity_api.forward_masks, fidelity=config.sparsity.fidelity
-        ),
-        zeroed_masks=functools.partial(
-            sparsity_api.zeroed_masks, fidelity=config.sparsity.fidelity
-        ),
+        fidelity=config.sparsity.fidelity,
         needs_head_scores=spec is not None and spec.needs_head_scores,
         needs_neuron_gate_grads=spec is not None and spec.needs_neuron_gate_grads,
         mix=mixup_fn(config),

@@ -1,9 +1,6 @@
 """The ImageNet configs take the same short-run args, and validation refuses a batch that Mixup
 or the devices cannot split before the run reads any data or compiles anything."""
 
-import importlib.util
-import os
-
 import jax
 import pytest
 
@@ -12,29 +9,22 @@ from sparse_vit_jax.data.pipeline import DatasetNotPreparedError, load_builder
 from sparse_vit_jax.layer_order import in_model_order
 from sparse_vit_jax.train import loop
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 IMAGENET_CONFIGS = ('dense', 'svite', 's2vite', 'sviteplus')
 
 
-def _config_module(name):
-    spec = importlib.util.spec_from_file_location(
-        f'configs_{name}', os.path.join(REPO, 'configs', f'{name}.py')
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def _config(name, arg):
+    return config_lib.load(f'configs/{name}.py:{arg}')
 
 
 @pytest.mark.parametrize('name', IMAGENET_CONFIGS)
 def test_every_imagenet_config_takes_the_short_run_args(name):
-    get_config = _config_module(name).get_config
-    c = get_config('model=deit_tiny,epochs=0.5,batch=6,seed=3')
+    c = _config(name, 'model=deit_tiny,epochs=0.5,batch=6,seed=3')
     config_lib.validate(c)
     assert (c.num_epochs, c.batch_size, c.seed, c.data.eval_batch_size) == (0.5, 6, 3, 6)
     # The recipe rescales from the paper's batch: lr 5e-4·6/512, ΔT 15000·512/6 steps.
     assert (c.optimizer.lr, c.optimizer.lr_base_batch) == (5e-4, 512)
     assert (c.sparsity.update_every, c.sparsity.update_every_batch) == (15_000, 512)
-    paper = get_config('model=deit_base')
+    paper = _config(name, 'model=deit_base')
     assert (paper.batch_size, paper.data.eval_batch_size) == (1024, 1536)
     assert paper.num_epochs == (300.0 if name == 'dense' else 600.0)
 
@@ -46,7 +36,7 @@ def _trainer_error(config, tmp_path):
 
 
 def test_odd_batch_with_mixup_is_refused_before_any_data_work(tmp_path):
-    c = _config_module('svite').get_config('model=deit_tiny,batch=7')
+    c = _config('svite', 'model=deit_tiny,batch=7')
     c.data.data_dir = str(tmp_path / 'never_prepared')  # reading data would fail differently
     message = _trainer_error(c, tmp_path)
     assert message.startswith('config.batch_size=7 is odd') and 'e.g. 8' in message
@@ -57,7 +47,7 @@ def test_odd_batch_with_mixup_is_refused_before_any_data_work(tmp_path):
 
 def test_batch_the_devices_cannot_split_is_refused_before_any_data_work(tmp_path, monkeypatch):
     monkeypatch.setattr(jax, 'device_count', lambda: 8)  # the arithmetic of an 8-chip host
-    c = _config_module('dense').get_config('model=deit_tiny,batch=12')
+    c = _config('dense', 'model=deit_tiny,batch=12')
     c.data.data_dir = str(tmp_path / 'never_prepared')
     assert 'config.batch_size=12 does not divide evenly over 8 devices' in _trainer_error(
         c, tmp_path

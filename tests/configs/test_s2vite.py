@@ -1,8 +1,5 @@
 """configs/s2vite.py: every paper pair builds, validates and keeps the documented unit counts."""
 
-import importlib.util
-import os
-
 import jax
 import numpy as np
 import pytest
@@ -12,18 +9,13 @@ from sparse_vit_jax.sparsity import masks as masks_lib
 from sparse_vit_jax.sparsity import schedules
 from sparse_vit_jax.train import optimizer as optimizer_lib
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+S2VITE = config_lib.config_file('configs/s2vite.py')
 
 
-def _load_config_module():
-    path = os.path.join(REPO, 'configs', 's2vite.py')
-    spec = importlib.util.spec_from_file_location('configs_s2vite', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def s2vite(arg):
+    return config_lib.load(f'configs/s2vite.py:{arg}')
 
-
-s2vite = _load_config_module()
 
 # docs/reference.md §3.1, written out by hand: (heads, neurons) kept per block.
 KEPT = {
@@ -36,8 +28,8 @@ KEPT = {
 
 
 def test_docstring_table_is_the_reference_table():
-    assert tuple(KEPT) == s2vite.PAPER_PAIRS
-    lines = s2vite.__doc__.splitlines()
+    assert tuple(KEPT) == S2VITE.PAPER_PAIRS
+    lines = S2VITE.__doc__.splitlines()
     for (heads, neurons), kept in KEPT.items():
         (row,) = [line for line in lines if f'| ({heads}, {neurons}) |' in line]
         sizes = ('deit_tiny', 'deit_small', 'deit_base')
@@ -46,12 +38,10 @@ def test_docstring_table_is_the_reference_table():
 
 
 @pytest.mark.parametrize('model', ['deit_tiny', 'deit_small', 'deit_base'])
-@pytest.mark.parametrize('pair', s2vite.PAPER_PAIRS)
+@pytest.mark.parametrize('pair', S2VITE.PAPER_PAIRS)
 def test_paper_pairs_build_validate_and_keep_the_documented_units(model, pair):
     head_density, neuron_density = pair
-    c = s2vite.get_config(
-        f'model={model},head_density={head_density},neuron_density={neuron_density}'
-    )
+    c = s2vite(f'model={model},head_density={head_density},neuron_density={neuron_density}')
     config_lib.validate(c)
     assert c.sparsity.method == 's2vite' and c.sparsity.fidelity == 'reference'
     assert (c.sparsity.head_density, c.sparsity.neuron_density) == pair
@@ -65,7 +55,7 @@ def test_paper_pairs_build_validate_and_keep_the_documented_units(model, pair):
 @pytest.mark.parametrize('model', ['deit_tiny', 'deit_small', 'deit_base'])
 def test_training_draws_the_documented_unit_counts(model):
     """The run's initial masks (what the sparse transformation draws) keep those counts."""
-    c = s2vite.get_config(f'model={model},head_density=0.7,neuron_density=0.6')
+    c = s2vite(f'model={model},head_density=0.7,neuron_density=0.6')
     key = jax.random.key(0)
     heads = masks_lib.random_unit_masks(key, 2, c.model.num_heads, c.sparsity.head_density)
     neurons = masks_lib.random_unit_masks(key, 2, c.model.mlp_dim, c.sparsity.neuron_density)
@@ -82,7 +72,7 @@ def test_training_draws_the_documented_unit_counts(model):
     ],
 )
 def test_recipe_per_model(model, batch, update_every, peak_lr):
-    c = s2vite.get_config(f'model={model}')
+    c = s2vite(f'model={model}')
     assert c.model.name == f'{model}_patch16_224' and c.batch_size == batch
     assert c.num_epochs == 600 and c.sparsity.t_end == 0.8
     assert optimizer_lib.peak_learning_rate(c.optimizer, c.batch_size) == pytest.approx(peak_lr)
@@ -96,14 +86,14 @@ def test_recipe_per_model(model, batch, update_every, peak_lr):
 
 
 def test_args_are_typed_and_checked():
-    c = s2vite.get_config('model=deit_tiny,fidelity=improved,seed=3,head_density=1')
+    c = s2vite('model=deit_tiny,fidelity=improved,seed=3,head_density=1')
     assert c.sparsity.fidelity == 'improved' and c.seed == 3 and c.sparsity.head_density == 1.0
     config_lib.validate(c)
     with pytest.raises(ValueError, match='choose one of'):
-        s2vite.get_config('model=vit_test')
+        s2vite('model=vit_test')
     with pytest.raises(ValueError, match='unknown config arg'):
-        s2vite.get_config('density=0.5')
+        s2vite('density=0.5')
     with pytest.raises(ValueError, match='is not a valid float'):
-        s2vite.get_config('head_density=high')
+        s2vite('head_density=high')
     with pytest.raises(ValueError, match='keeps int'):
-        config_lib.validate(s2vite.get_config('model=deit_tiny,head_density=0.3'))
+        config_lib.validate(s2vite('model=deit_tiny,head_density=0.3'))

@@ -68,12 +68,11 @@ def test_eval_batches_pad_no_more_than_the_split_needs(tiny_config, eval_batch, 
 
 def test_eval_counts_once_on_eight_devices(tiny_data_dir, run_with_devices):
     out = run_with_devices(f'''
-        import sys; sys.path.insert(0, 'configs')
-        import jax, fashion_mnist
+        import jax
         from sparse_vit_jax import data as data_lib, config as config_lib
         from sparse_vit_jax.models import create_model_from_config
         from sparse_vit_jax.train import evaluation, sharding
-        c = fashion_mnist.get_config()
+        c = config_lib.load('configs/fashion_mnist.py')
         c.model = config_lib.model_config('vit_test')
         c.data.update(dict(name='tiny_images', data_dir={tiny_data_dir!r}, eval_batch_size=16,
                            mean=(0.3,) * 3, std=(0.3,) * 3))

@@ -20,7 +20,7 @@ from sparse_vit_jax.train import evaluation, loop, steps
 
 TOKENS = 17  # vit_test: 16 patches of 4x4 and the class token
 _REPO = pathlib.Path(__file__).resolve().parents[2]
-_VISUALIZE, _CONFIGS = _REPO / 'tools' / 'visualize.py', _REPO / 'configs'
+_VISUALIZE = _REPO / 'tools' / 'visualize.py'
 
 
 def _tokens_where_cls_scores_lowest(batch=3, tokens=TOKENS, dim=8, seed=0):
@@ -342,7 +342,7 @@ def test_bad_keep_counts_are_rejected():
 
 
 def _load_tool(path):
-    """A tool or config file as a module (neither directory is a package)."""
+    """A tool as a module (tools/ is not a package)."""
     spec = importlib.util.spec_from_file_location(path.stem, path)
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
@@ -350,16 +350,28 @@ def _load_tool(path):
 
 
 def test_fashion_config_builds_the_selector_and_the_tau_schedule():
-    fashion_mnist = _load_tool(_CONFIGS / 'fashion_mnist.py')
-    config = fashion_mnist.get_config('method=s2viteplus,keep_tokens=15')
+    config = config_lib.load('configs/fashion_mnist.py:method=s2viteplus,keep_tokens=15')
     config_lib.validate(config)
     model = create_model_from_config(config.model, config.tokens)
-    assert (model.keep_tokens, model.token_mode, model.token_eval) == (15, 'drop', 'topk')
+    assert (model.keep_tokens, model.token_mode, model.token_eval) == (15, 'zero', 'gumbel')
     tau = steps.token_temperature(config, total_steps=100)
     assert float(tau(0)) == pytest.approx(10.0) and float(tau(100)) == pytest.approx(0.1)
-    dense = fashion_mnist.get_config('method=svite,keep_tokens=15')
+    dense = config_lib.load('configs/fashion_mnist.py:method=svite,keep_tokens=15')
     assert dense.tokens.keep == 0 and steps.token_temperature(dense, 100) is None
     assert create_model_from_config(dense.model, dense.tokens).keep_tokens is None
+
+
+@pytest.mark.parametrize(
+    'fidelity, selection', [('reference', ('zero', 'gumbel')), ('improved', ('drop', 'topk'))]
+)
+def test_a_fidelity_selects_tokens_alike_in_every_config(fidelity, selection):
+    """The official code zeroes tokens and evaluates with Gumbel noise: `fidelity=reference`
+    means that whichever config file builds the run (the Fashion-MNIST one once meant drop)."""
+    for spec in ('configs/fashion_mnist.py:', 'configs/sviteplus.py:model=deit_tiny,'):
+        for method in ('sviteplus', 's2viteplus'):
+            c = config_lib.load(f'{spec}method={method},fidelity={fidelity}')
+            assert (c.tokens.mode, c.tokens.eval_mode) == selection
+            assert c.tokens.keep > 0 and c.sparsity.fidelity == fidelity
 
 
 @pytest.mark.parametrize('method', ['sviteplus', 's2viteplus'])
@@ -371,6 +383,8 @@ def test_token_runs_train_and_their_checkpoints_evaluate(tiny_config, tmp_path, 
             'checkpoint_every_steps': 100,  # only the final checkpoint: keeps the test short
             'sparsity.update_every': 2,
             'sparsity.update_every_batch': 4,
+            'tokens.mode': 'drop',  # the improved selection on the reference sparsity
+            'tokens.eval_mode': 'topk',
         },
     )
     workdir = str(tmp_path / method)
@@ -411,6 +425,13 @@ def test_plotted_patches_follow_the_models_raster_order():
     kept[6] = True  # row 1, column 2 of a 4 x 4 grid of 4-pixel patches
     pixels = plots.patch_grid(kept, 16, 4)
     assert pixels[4:8, 8:12].all() and pixels.sum() == 16
-    image = np.ones((16, 16, 3))
-    dimmed = plots.dim_dropped_patches(image, kept, 4, dim=0.25)
-    assert dimmed[5, 9, 0] == 1.0 and dimmed[0, 0, 0] == 0.25
+    # Dropped patches are outlined, on black as on white (dimming hid them on black); the kept
+    # patch and the inside of every dropped one keep their pixels.
+    for value in (0.0, 1.0):
+        image = np.full((16, 16, 1), value)  # grayscale, as Fashion-MNIST
+        shown = plots.outline_dropped_patches(image, kept, 4)
+        assert shown.shape == (16, 16, 3)
+        assert (shown[4:8, 8:12] == value).all()  # the kept patch
+        np.testing.assert_array_equal(shown[0, 0], plots.DROPPED_COLOUR)  # a dropped border
+        np.testing.assert_array_equal(shown[12, 13], plots.DROPPED_COLOUR)
+        assert (shown[1:3, 1:3] == value).all()  # inside a dropped patch

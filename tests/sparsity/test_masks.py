@@ -9,35 +9,35 @@ import pytest
 from sparse_vit_jax.sparsity import distributions, masks
 
 DIM, HIDDEN, DEPTH, CLASSES = 8, 16, 2, 5
-PRUNABLE = ["patch_embed/kernel", "head/kernel"] + [
-    f"blocks_{i}/{name}/kernel"
+PRUNABLE = ['patch_embed/kernel', 'head/kernel'] + [
+    f'blocks_{i}/{name}/kernel'
     for i in range(DEPTH)
-    for name in ("attn/qkv", "attn/proj", "mlp/fc1", "mlp/fc2")
+    for name in ('attn/qkv', 'attn/proj', 'mlp/fc1', 'mlp/fc2')
 ]
 
 
 def tiny_params(make=lambda shape: jnp.zeros(shape)) -> dict:
     """A DeiT-shaped Flax params tree, leaves built by `make(shape)`."""
-    dense = lambda i, o: {"kernel": make((i, o)), "bias": make((o,))}
-    norm = lambda: {"scale": make((DIM,)), "bias": make((DIM,))}
+    dense = lambda i, o: {'kernel': make((i, o)), 'bias': make((o,))}
+    norm = lambda: {'scale': make((DIM,)), 'bias': make((DIM,))}
     params = {
-        "patch_embed": {"kernel": make((4, 4, 3, DIM)), "bias": make((DIM,))},
-        "cls_token": make((1, 1, DIM)),
-        "pos_embed": make((1, 5, DIM)),
-        "token_selector": dense(DIM, 1),
-        "norm": norm(),
-        "head": dense(DIM, CLASSES),
+        'patch_embed': {'kernel': make((4, 4, 3, DIM)), 'bias': make((DIM,))},
+        'cls_token': make((1, 1, DIM)),
+        'pos_embed': make((1, 5, DIM)),
+        'token_selector': dense(DIM, 1),
+        'norm': norm(),
+        'head': dense(DIM, CLASSES),
     }
     for i in range(DEPTH):
-        params[f"blocks_{i}"] = {
-            "norm1": norm(),
-            "norm2": norm(),
-            "attn": {
-                "qkv": dense(DIM, 3 * DIM),
-                "proj": dense(DIM, DIM),
-                "token_selector": dense(DIM, 1),
+        params[f'blocks_{i}'] = {
+            'norm1': norm(),
+            'norm2': norm(),
+            'attn': {
+                'qkv': dense(DIM, 3 * DIM),
+                'proj': dense(DIM, DIM),
+                'token_selector': dense(DIM, 1),
             },
-            "mlp": {"fc1": dense(DIM, HIDDEN), "fc2": dense(HIDDEN, DIM)},
+            'mlp': {'fc1': dense(DIM, HIDDEN), 'fc2': dense(HIDDEN, DIM)},
         }
     return params
 
@@ -50,13 +50,13 @@ def flat(tree) -> dict:
 
 
 @pytest.mark.parametrize(
-    "make",
+    'make',
     [
         jnp.zeros,
         lambda s: jax.ShapeDtypeStruct(s, jnp.float32),
         tuple,
     ],
-    ids=["arrays", "shape_dtype_structs", "shape_tuples"],
+    ids=['arrays', 'shape_dtype_structs', 'shape_tuples'],
 )
 def test_prunable_set_is_exactly_patch_qkv_proj_fc_head(make):
     params = tiny_params(make)
@@ -64,14 +64,14 @@ def test_prunable_set_is_exactly_patch_qkv_proj_fc_head(make):
 
 
 def test_is_prunable_rules():
-    assert masks.is_prunable(("blocks_0", "attn", "qkv", "kernel"), jnp.zeros((2, 6)))
-    assert masks.is_prunable(("patch_embed", "kernel"), jnp.zeros((1, 1, 1, 1)))
-    assert not masks.is_prunable(("cls_token",), jnp.zeros((1, 1, 2)))
-    assert not masks.is_prunable(("head", "bias"), jnp.zeros((3,)))
-    assert not masks.is_prunable(("token_selector", "kernel"), jnp.zeros((4, 1)))
-    assert not masks.is_prunable(("blocks_3", "attn", "token_selector", "kernel"), (4, 1))
+    assert masks.is_prunable(('blocks_0', 'attn', 'qkv', 'kernel'), jnp.zeros((2, 6)))
+    assert masks.is_prunable(('patch_embed', 'kernel'), jnp.zeros((1, 1, 1, 1)))
+    assert not masks.is_prunable(('cls_token',), jnp.zeros((1, 1, 2)))
+    assert not masks.is_prunable(('head', 'bias'), jnp.zeros((3,)))
+    assert not masks.is_prunable(('token_selector', 'kernel'), jnp.zeros((4, 1)))
+    assert not masks.is_prunable(('blocks_3', 'attn', 'token_selector', 'kernel'), (4, 1))
     # jax key-path entries work as path components
-    key_path = jax.tree_util.tree_flatten_with_path({"head": {"kernel": 0}})[0][0][0]
+    key_path = jax.tree_util.tree_flatten_with_path({'head': {'kernel': 0}})[0][0][0]
     assert masks.is_prunable(key_path, (3, 2))
 
 
@@ -80,12 +80,12 @@ def test_layer_densities_erk_tree_matches_distributions():
     dens = masks.layer_densities(params, 0.3)
     flat_d = {k: v for k, v in flat(dens).items() if v is not None}
     assert flat_d == distributions.erk(masks.prunable_shapes(params), 0.3)
-    assert dens["cls_token"] is None and dens["blocks_0"]["norm1"]["scale"] is None
-    assert dens["token_selector"]["kernel"] is None
-    uni = masks.layer_densities(params, 0.3, distribution="uniform")
+    assert dens['cls_token'] is None and dens['blocks_0']['norm1']['scale'] is None
+    assert dens['token_selector']['kernel'] is None
+    uni = masks.layer_densities(params, 0.3, distribution='uniform')
     assert {v for v in flat(uni).values() if v is not None} == {0.3}
-    with pytest.raises(ValueError, match="distribution"):
-        masks.layer_densities(params, 0.3, distribution="er")
+    with pytest.raises(ValueError, match='distribution'):
+        masks.layer_densities(params, 0.3, distribution='er')
 
 
 def test_random_weight_masks_structure_and_none_leaves():
@@ -95,25 +95,25 @@ def test_random_weight_masks_structure_and_none_leaves():
     assert sorted(k for k, v in fm.items() if v is not None) == sorted(PRUNABLE)
     for name in PRUNABLE:
         assert fm[name].dtype == jnp.bool_ and fm[name].shape == flat(params)[name].shape
-    assert m["pos_embed"] is None and m["head"]["bias"] is None
+    assert m['pos_embed'] is None and m['head']['bias'] is None
 
 
 def test_random_weight_masks_exact_counts():
-    shapes = {"a": (37, 11), "b": (4, 4, 3, 5), "c": (3, 3)}
-    dens = {"a": 0.3, "b": 0.051, "c": 1.0}
+    shapes = {'a': (37, 11), 'b': (4, 4, 3, 5), 'c': (3, 3)}
+    dens = {'a': 0.3, 'b': 0.051, 'c': 1.0}
     m = masks.random_weight_masks(jax.random.key(1), shapes, dens, exact=True)
-    assert int(m["a"].sum()) == round(0.3 * 37 * 11)
-    assert int(m["b"].sum()) == int(np.floor(0.051 * 240 + 0.5))
-    assert bool(m["c"].all())
+    assert int(m['a'].sum()) == round(0.3 * 37 * 11)
+    assert int(m['b'].sum()) == int(np.floor(0.051 * 240 + 0.5))
+    assert bool(m['c'].all())
 
 
 def test_random_weight_masks_bernoulli_mean_close_to_density():
-    shapes = {"big": (200, 300), "dense": (10, 10), "tiny": (50, 40)}
-    dens = {"big": 0.2, "dense": 1.0, "tiny": 0.05}
+    shapes = {'big': (200, 300), 'dense': (10, 10), 'tiny': (50, 40)}
+    dens = {'big': 0.2, 'dense': 1.0, 'tiny': 0.05}
     m = masks.random_weight_masks(jax.random.key(2), shapes, dens)
-    assert abs(float(m["big"].mean()) - 0.2) < 0.01
-    assert abs(float(m["tiny"].mean()) - 0.05) < 0.02
-    assert bool(m["dense"].all())
+    assert abs(float(m['big'].mean()) - 0.2) < 0.01
+    assert abs(float(m['tiny'].mean()) - 0.05) < 0.02
+    assert bool(m['dense'].all())
 
 
 def test_random_weight_masks_deterministic_and_per_layer_independent():
@@ -126,25 +126,25 @@ def test_random_weight_masks_deterministic_and_per_layer_independent():
         np.testing.assert_array_equal(a[name], b[name])
     assert any(not np.array_equal(a[n], c[n]) for n in PRUNABLE)
     # same-shaped layers get different masks (per-layer keys)
-    assert not np.array_equal(a["blocks_0/mlp/fc1/kernel"], a["blocks_1/mlp/fc1/kernel"])
+    assert not np.array_equal(a['blocks_0/mlp/fc1/kernel'], a['blocks_1/mlp/fc1/kernel'])
     # a layer's mask depends only on the key and its name, not on the other layers
     alone = masks.random_weight_masks(
         jax.random.key(3),
-        {"head": {"kernel": (DIM, CLASSES)}},
-        {"head/kernel": dens["head"]["kernel"]},
+        {'head': {'kernel': (DIM, CLASSES)}},
+        {'head/kernel': dens['head']['kernel']},
     )
-    np.testing.assert_array_equal(alone["head"]["kernel"], a["head/kernel"])
+    np.testing.assert_array_equal(alone['head']['kernel'], a['head/kernel'])
 
 
 def test_random_weight_masks_validates_densities():
-    with pytest.raises(ValueError, match="no density"):
-        masks.random_weight_masks(jax.random.key(0), {"a": (2, 2)}, {"b": 0.5})
-    with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        masks.random_weight_masks(jax.random.key(0), {"a": (2, 2)}, {"a": 1.5})
+    with pytest.raises(ValueError, match='no density'):
+        masks.random_weight_masks(jax.random.key(0), {'a': (2, 2)}, {'b': 0.5})
+    with pytest.raises(ValueError, match=r'\[0, 1\]'):
+        masks.random_weight_masks(jax.random.key(0), {'a': (2, 2)}, {'a': 1.5})
 
 
 @pytest.mark.parametrize(
-    "num_units,density,count",
+    'num_units,density,count',
     [
         (3, 0.7, 2),
         (6, 0.5, 3),
@@ -172,10 +172,10 @@ def test_random_unit_masks_rows_differ_and_deterministic():
 
 def test_density_stats():
     m = {
-        "a": {"kernel": jnp.array([[True, False], [False, False]]), "bias": None},
-        "b": jnp.ones((2, 3), bool),
+        'a': {'kernel': jnp.array([[True, False], [False, False]]), 'bias': None},
+        'b': jnp.ones((2, 3), bool),
     }
-    assert masks.weight_density_stats(m) == {"a/kernel": 0.25, "b": 1.0}
+    assert masks.weight_density_stats(m) == {'a/kernel': 0.25, 'b': 1.0}
     assert masks.overall_weight_density(m) == pytest.approx(7 / 10)
 
 

@@ -7,7 +7,6 @@ neurons it just pruned. Improved S²ViTE keeps a pruned neuron's weights (frozen
 scores it by -∂L/∂gate, the loss decrease that switching it on predicts to first order.
 """
 
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -51,8 +50,7 @@ def improved_run():
         seed=0,
         num_classes=10,
         label_smoothing=0.1,
-        forward_masks=functools.partial(api.forward_masks, fidelity='improved'),
-        zeroed_masks=functools.partial(api.zeroed_masks, fidelity='improved'),
+        fidelity='improved',
         needs_head_scores=True,
         needs_neuron_gate_grads=True,
     )

@@ -2,7 +2,6 @@
 invariant holds through optax.apply_updates alone, counts are constant, updates happen exactly at
 the ΔT steps, and the improved fidelity resets exactly the regrown moments."""
 
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -57,8 +56,7 @@ def _run(spec, steps=10):
             seed=0,
             num_classes=10,
             label_smoothing=0.1,
-            forward_masks=functools.partial(api.forward_masks, fidelity=spec.fidelity),
-            zeroed_masks=functools.partial(api.zeroed_masks, fidelity=spec.fidelity),
+            fidelity=spec.fidelity,
             needs_head_scores=spec.needs_head_scores,
             needs_neuron_gate_grads=spec.needs_neuron_gate_grads,
             ema_decay=0.9,

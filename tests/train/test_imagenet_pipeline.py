@@ -8,12 +8,11 @@ import sys
 
 import pytest
 
+from sparse_vit_jax import config as config_lib
 from sparse_vit_jax.data import imagenet
 from sparse_vit_jax.train import evaluation, loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(REPO, 'configs'))
-import dense  # noqa: E402
 
 
 @pytest.fixture(scope='module')
@@ -42,7 +41,7 @@ def imagenet_dirs(tmp_path_factory):
 
 def test_deit_recipe_trains_and_evaluates_at_224(imagenet_dirs, tmp_path):
     data_dir, _ = imagenet_dirs
-    c = dense.get_config('model=deit_tiny,epochs=2')
+    c = config_lib.load('configs/dense.py:model=deit_tiny,epochs=2')
     c.model.update(dict(embed_dim=32, depth=2, num_heads=2, mlp_dim=64, patch_size=32))
     c.data.update(dict(data_dir=data_dir, shuffle_buffer=16, eval_batch_size=4))
     c.batch_size = 6  # two images × 3 repeats; even, as batch Mixup needs

@@ -10,10 +10,9 @@ would be off by ~lr — and identical masks.
 import json
 
 CODE = '''
-import functools, jax, jax.numpy as jnp, numpy as np, optax
+import jax, jax.numpy as jnp, numpy as np, optax
 from jax.sharding import Mesh
 from sparse_vit_jax.models import create_model
-from sparse_vit_jax.sparsity import api
 from sparse_vit_jax.sparsity.transform import SparsitySpec, sparse_training
 from sparse_vit_jax.train import sharding
 from sparse_vit_jax.train.state import create_train_state
@@ -25,7 +24,7 @@ spec = SparsitySpec(structured=METHOD == 's2vite', fidelity='reference', total_s
                     num_heads=4, head_dim=8)
 tx = optax.adamw(1e-3) if METHOD == 'dense' else sparse_training(optax.adamw(1e-3), spec)
 step = TrainStep(model, tx, seed=0, num_classes=10, label_smoothing=0.1,
-                 forward_masks=functools.partial(api.forward_masks, fidelity='reference'),
+                 fidelity='reference',
                  needs_head_scores=spec.structured and METHOD != 'dense')
 batches = [{'image': jax.random.normal(jax.random.key(i), (16, 16, 16, 3)),
             'label': jnp.arange(16) % 10} for i in range(3)]
