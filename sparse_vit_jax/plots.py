@@ -195,7 +195,9 @@ def plot_head_masks(axis, steps: np.ndarray, masks: np.ndarray) -> None:
     rows = np.arange(image.shape[0])
     labels = [f'h{row % heads}' for row in rows] if len(rows) <= 48 else []
     axis.set_yticks(rows, labels, minor=True, fontsize=5)
-    axis.tick_params(axis='y', which='minor', left=False, right=True, labelright=True)
+    axis.tick_params(
+        axis='y', which='minor', left=False, labelleft=False, right=True, labelright=True
+    )
     ticks = np.unique(np.linspace(0, len(steps) - 1, min(len(steps), 8)).round().astype(int))
     axis.set_xticks(ticks, [str(steps[t]) for t in ticks], fontsize=7)
     axis.set_xlabel('update step', fontsize=8)

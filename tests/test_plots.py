@@ -48,8 +48,9 @@ def test_head_mask_image_is_the_mask_and_is_what_is_drawn():
     np.testing.assert_array_equal(np.asarray(drawn), image)
     # A tick per head (numbered), and neuron lines that differ in more than colour.
     heads_axis, neurons_axis = figure.axes
-    labels = [t.get_text() for t in heads_axis.get_yticklabels(minor=True)]
-    assert labels == ['h0', 'h1', 'h2', 'h3'] * 3
+    ticks = heads_axis.yaxis.get_minor_ticks()
+    assert [t.label2.get_text() for t in ticks] == ['h0', 'h1', 'h2', 'h3'] * 3
+    assert not any(t.label1.get_visible() for t in ticks)  # the block names stay alone
     styles = {(line.get_marker(), line.get_linestyle()) for line in neurons_axis.lines}
     assert len(styles) == 3
 
