@@ -206,8 +206,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.model = model_config('deit_small_patch16_224')
     c.data = ml_collections.ConfigDict(
         dict(
+            # A TFDS name, or 'folder' for an image folder at data_dir (one subfolder per class).
             name='imagenet2012',
             data_dir=config_dict.placeholder(str),
+            # The image and label features; '' = the dataset's supervised keys (data/datasets.py).
+            image_key='',
+            label_key='',
             train_split='train',
             eval_split='validation',
             recipe='deit',

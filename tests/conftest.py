@@ -17,6 +17,8 @@ import tensorflow as tf  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Helper modules beside the tests (tiny_config, timm_reference) import by name.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 TINY_SIZES = {'train': 37, 'test': 23}  # odd sizes: padding and remainders get exercised
 
 
@@ -40,6 +42,35 @@ def write_tiny_dataset(data_dir: str, name: str = 'tiny_images', sizes=TINY_SIZE
     ).download_and_prepare()
 
 
+FOLDER_CLASSES = ('cat', 'dog', 'fox')
+
+
+def write_image_folder(root: str, classes=FOLDER_CLASSES, per_class: int = 6) -> str:
+    """root/<class>/*.jpg|png: odd images JPEG, even ones PNG, of assorted sizes, each class a
+    colour (so the label is recoverable); also a truncated PNG and a text file named .jpg."""
+    rng = np.random.default_rng(0)
+    for index, name in enumerate(classes):
+        os.makedirs(os.path.join(root, name), exist_ok=True)
+        for i in range(per_class):
+            height, width = 12 + 4 * (i % 3), 20 - 2 * (i % 4)
+            image = rng.integers(0, 60, (height, width, 3), dtype=np.uint8)
+            image[..., index % 3] += 150
+            encode = tf.io.encode_png if i % 2 == 0 else tf.io.encode_jpeg
+            with open(os.path.join(root, name, f'{i}.{"png" if i % 2 == 0 else "jpg"}'), 'wb') as f:
+                f.write(encode(image).numpy())
+    png = open(os.path.join(root, classes[0], '0.png'), 'rb').read()
+    with open(os.path.join(root, classes[0], 'truncated.png'), 'wb') as f:
+        f.write(png[: len(png) // 2])
+    with open(os.path.join(root, classes[1], 'notes.jpg'), 'w') as f:
+        f.write('not an image')
+    return root
+
+
+@pytest.fixture(scope='session')
+def image_folder(tmp_path_factory) -> str:
+    return write_image_folder(str(tmp_path_factory.mktemp('images')))
+
+
 @pytest.fixture(scope='session')
 def tiny_data_dir(tmp_path_factory) -> str:
     data_dir = str(tmp_path_factory.mktemp('tfds'))
@@ -49,7 +80,6 @@ def tiny_data_dir(tmp_path_factory) -> str:
 
 def _tiny_config(data_dir: str, arg: str | None = None, **overrides):
     """tests/tiny_config.py for the tiny dataset in `data_dir`, with dotted-key overrides."""
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import tiny_config
 
     c = tiny_config.get_config(','.join(filter(None, [f'data_dir={data_dir}', arg])))

@@ -13,6 +13,8 @@ from typing import Any
 
 _LAZY = {
     'make_inputs': 'sparse_vit_jax.data.inputs',
+    'make_recipe': 'sparse_vit_jax.data.inputs',
+    'label_names': 'sparse_vit_jax.data.datasets',
     'DatasetNotPreparedError': 'sparse_vit_jax.errors',
     'EvalInput': 'sparse_vit_jax.data.pipeline',
     'TrainInput': 'sparse_vit_jax.data.pipeline',

@@ -3,9 +3,9 @@
 The generic pipeline reads TFDS with ``decoders={'image':
 tfds.decode.SkipDecoding()}`` and maps ``train_preprocess(features, seed)``
 (or ``eval_preprocess(features)``) over the examples. `features['image']` is
-the encoded JPEG; `seed` is an int [2] tensor unique per (run, epoch,
-example). Every random choice is a stateless function of `seed`, so a
-restarted run reproduces its images bit for bit.
+the encoded JPEG (or PNG: image folders mix them); `seed` is an int [2] tensor
+unique per (run, epoch, example). Every random choice is a stateless function
+of `seed`, so a restarted run reproduces its images bit for bit.
 
 Train (timm `transforms_imagenet_train` as DeiT configures it):
   RandomResizedCropAndInterpolation(224, scale, ratio, bicubic)
@@ -19,7 +19,7 @@ Both decode with libjpeg's accurate integer DCT, as PIL does, and resize with
 antialiased bicubic filtering (PIL's behaviour when shrinking), rounding to
 uint8 in between like PIL images.
 
-Undecodable JPEGs raise; filter them out first with `jpeg_check`.
+Undecodable images raise; filter them out first with `jpeg_check`.
 """
 
 import math
@@ -115,6 +115,44 @@ def _label(features):
     return tf.cast(features['label'], tf.int32)
 
 
+def decode_image(encoded):
+    """JPEG (libjpeg's accurate DCT, as PIL) or PNG bytes -> uint8 RGB [H, W, 3]."""
+    return tf.cond(
+        tf.io.is_jpeg(encoded),
+        lambda: tf.io.decode_jpeg(encoded, channels=3, dct_method=_DCT_METHOD),
+        lambda: tf.io.decode_image(encoded, channels=3, expand_animations=False),
+    )
+
+
+def _decode_crop(encoded, seed, scale, ratio):
+    """The random-resized-crop window of an encoded image, decoded: for JPEGs only the crop is
+    decoded (cheaper); other formats are decoded whole, then cropped."""
+
+    def jpeg():
+        shape = tf.io.extract_jpeg_shape(encoded)
+        y, x, h, w = sample_crop_window(seed, shape[0], shape[1], scale, ratio)
+        return tf.io.decode_and_crop_jpeg(
+            encoded, tf.stack([y, x, h, w]), channels=3, dct_method=_DCT_METHOD
+        )
+
+    def other():
+        image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+        shape = tf.shape(image)
+        y, x, h, w = sample_crop_window(seed, shape[0], shape[1], scale, ratio)
+        return image[y : y + h, x : x + w]
+
+    return tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
+
+
+def _to_channels(image, channels):
+    """uint8 RGB -> `channels` (1: luma with ITU-R 601 weights, as PIL's convert('L'))."""
+    if channels == 3:
+        return image
+    if channels == 1:
+        return tf.image.rgb_to_grayscale(image)
+    raise ValueError(f'the DeiT recipe makes 1- or 3-channel images, not {channels}')
+
+
 def train_preprocess(
     features,
     seed,
@@ -130,11 +168,12 @@ def train_preprocess(
     mean=IMAGENET_MEAN,
     std=IMAGENET_STD,
     geometric_interpolation='bicubic',
+    channels=3,
 ):
     """DeiT training augmentation of one example.
 
     Args:
-      features: dict with 'image' (encoded JPEG string) and 'label' (int).
+      features: dict with 'image' (encoded JPEG or PNG string) and 'label' (int).
       seed: int32/int64 tensor [2]; the output is a pure function of it.
       image_size: output side length.
       scale, ratio: RandomResizedCrop area-fraction and aspect (w/h) ranges.
@@ -147,6 +186,7 @@ def train_preprocess(
         is derived from `mean` as timm does.
       geometric_interpolation: 'bicubic' (timm/PIL) or 'bilinear' (faster) for
         RandAugment's rotate/shear/translate.
+      channels: 3 (RGB), or 1 (augmented in RGB, then converted to luma).
 
     Returns:
       {'image': float32 [image_size, image_size, 3], 'label': int32 []}.
@@ -156,13 +196,7 @@ def train_preprocess(
     crop_seed, flip_seed, augment_seed, erase_seed = tf.unstack(
         tf.random.experimental.stateless_split(seed, num=4)
     )
-    encoded = features['image']
-    shape = tf.io.extract_jpeg_shape(encoded)
-    y, x, h, w = sample_crop_window(crop_seed, shape[0], shape[1], scale, ratio)
-    # Decode only the crop: cheaper than decoding the whole JPEG.
-    image = tf.io.decode_and_crop_jpeg(
-        encoded, tf.stack([y, x, h, w]), channels=3, dct_method=_DCT_METHOD
-    )
+    image = _decode_crop(features['image'], crop_seed, scale, ratio)
     image = resize_bicubic_uint8(image, (image_size, image_size))
     if hflip > 0:
         flip = tf.random.stateless_uniform([], flip_seed) < hflip
@@ -172,21 +206,22 @@ def train_preprocess(
             image,
             augment_seed,
             randaugment,
-            fill=randaugment_lib.fill_from_mean(mean),
+            # Augmented in RGB: a grayscale run's one mean fills all three channels.
+            fill=randaugment_lib.fill_from_mean(tuple(mean) * (3 // len(mean))),
             interpolation=geometric_interpolation,
         )
-    image = normalize(image, mean, std)
+    image = normalize(_to_channels(image, channels), mean, std)
     if reprob > 0:
         # timm builds RandomErasing(max_count=recount): 1..recount rectangles.
         image = erasing.random_erasing(
             image, erase_seed, probability=reprob, mode=remode, max_count=recount
         )
-    image = tf.ensure_shape(image, [image_size, image_size, 3])
+    image = tf.ensure_shape(image, [image_size, image_size, channels])
     return {'image': image, 'label': _label(features)}
 
 
 def eval_preprocess(
-    features, *, image_size=224, crop_pct=0.875, mean=IMAGENET_MEAN, std=IMAGENET_STD
+    features, *, image_size=224, crop_pct=0.875, mean=IMAGENET_MEAN, std=IMAGENET_STD, channels=3
 ):
     """DeiT evaluation preprocessing of one example (deterministic).
 
@@ -197,7 +232,7 @@ def eval_preprocess(
     if not 0 < crop_pct <= 1:
         raise ValueError(f'crop_pct must be in (0, 1], got {crop_pct}')
     resize_to = int(math.floor(image_size / crop_pct))
-    image = tf.io.decode_jpeg(features['image'], channels=3, dct_method=_DCT_METHOD)
+    image = decode_image(features['image'])
     shape = tf.shape(image)
     height, width = tf.cast(shape[0], tf.float64), tf.cast(shape[1], tf.float64)
     short = tf.minimum(height, width)
@@ -209,6 +244,6 @@ def eval_preprocess(
     top = tf.cast(tf.round(tf.cast(new_h - image_size, tf.float64) / 2.0), tf.int32)
     left = tf.cast(tf.round(tf.cast(new_w - image_size, tf.float64) / 2.0), tf.int32)
     image = tf.image.crop_to_bounding_box(image, top, left, image_size, image_size)
-    image = normalize(image, mean, std)
-    image = tf.ensure_shape(image, [image_size, image_size, 3])
+    image = normalize(_to_channels(image, channels), mean, std)
+    image = tf.ensure_shape(image, [image_size, image_size, channels])
     return {'image': image, 'label': _label(features)}

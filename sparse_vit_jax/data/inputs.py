@@ -8,26 +8,18 @@ from typing import Any, Callable, Mapping
 
 import tensorflow_datasets as tfds
 
-from sparse_vit_jax.data import deit_augment, small_images
-from sparse_vit_jax.data.jpeg_check import is_decodable
-from sparse_vit_jax.data.pipeline import (
-    DatasetNotPreparedError,
-    EvalInput,
-    TrainInput,
-    load_builder,
-    local_batch_size,
-    prefetch_to_device,
-    to_global,
-)
+from sparse_vit_jax.data import datasets, deit_augment, small_images
+from sparse_vit_jax.data.jpeg_check import is_decodable_image
+from sparse_vit_jax.data.pipeline import EvalInput, TrainInput
 
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
     """How a dataset's examples become model inputs."""
 
-    train: Callable  # (features, seed[2]) -> {'image', 'label'}
-    eval: Callable  # features -> {'image', 'label'}
-    decoders: Mapping[str, Any] | None = None
+    train: Callable  # ({'image', 'label'}, seed[2]) -> {'image', 'label'}
+    eval: Callable  # {'image', 'label'} -> {'image', 'label'}
+    decoders: Mapping[str, Any] | None = None  # by role: {'image': ...}
     is_valid: Callable | None = None  # examples failing it are dropped and counted
 
 
@@ -42,9 +34,15 @@ def _small_images_recipe(config: Any) -> Recipe:
 
 
 def _deit_recipe(config: Any) -> Recipe:
-    """ImageNet JPEGs with the DeiT augmentation, decoding only the crop; corrupt JPEGs skipped."""
+    """Encoded images (JPEG, PNG) of any size with the DeiT augmentation, decoding only the crop
+    of a JPEG; corrupt or truncated files skipped. One channel per normalization mean."""
     data, aug = config.data, config.data.augment
-    stats = dict(mean=tuple(data.mean), std=tuple(data.std), image_size=config.model.image_size)
+    stats = dict(
+        mean=tuple(data.mean),
+        std=tuple(data.std),
+        image_size=config.model.image_size,
+        channels=len(data.mean),
+    )
     train = functools.partial(
         deit_augment.train_preprocess,
         hflip=0.5 if aug.flip else 0.0,
@@ -54,21 +52,39 @@ def _deit_recipe(config: Any) -> Recipe:
     )
     evaluate = functools.partial(deit_augment.eval_preprocess, crop_pct=aug.crop_pct, **stats)
     return Recipe(
-        train, evaluate, decoders={'image': tfds.decode.SkipDecoding()}, is_valid=is_decodable
+        train,
+        evaluate,
+        decoders={'image': tfds.decode.SkipDecoding()},
+        is_valid=is_decodable_image,
     )
 
 
 RECIPES = {'small_images': _small_images_recipe, 'deit': _deit_recipe}
 
 
+def make_recipe(config: Any) -> Recipe:
+    """The preprocessing a config names (config.data.recipe), for training, evaluation and
+    prediction alike."""
+    if config.data.recipe not in RECIPES:
+        raise ValueError(
+            f'unknown data.recipe {config.data.recipe!r}; choose one of {sorted(RECIPES)}'
+        )
+    return RECIPES[config.data.recipe](config)
+
+
 def make_inputs(config: Any) -> tuple[TrainInput, EvalInput]:
     """The train and eval inputs of a run config (fields `data`, `batch_size`, `seed`)."""
     data = config.data
-    if data.recipe not in RECIPES:
-        raise ValueError(f'unknown data.recipe {data.recipe!r}; choose one of {sorted(RECIPES)}')
-    recipe = RECIPES[data.recipe](config)
-    builder = load_builder(data.name, data.data_dir)
-    common = dict(decoders=recipe.decoders, is_valid=recipe.is_valid)
+    recipe = make_recipe(config)
+    builder = datasets.open_builder(data)
+    image_key, label_key = datasets.feature_keys(builder.info, data.image_key, data.label_key)
+    datasets.check_fits(builder.info, image_key, label_key, config)
+    roles = {'image': image_key, 'label': label_key}
+    common = dict(
+        decoders={roles[role]: d for role, d in (recipe.decoders or {}).items()} or None,
+        is_valid=recipe.is_valid,
+        select=lambda features: {role: features[key] for role, key in roles.items()},
+    )
     train = TrainInput(
         builder,
         data.train_split,

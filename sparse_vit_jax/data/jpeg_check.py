@@ -1,4 +1,4 @@
-"""Cheap JPEG structure check, so tf.data can drop (and count) broken images.
+"""Cheap JPEG (and PNG) structure checks, so tf.data can drop (and count) broken images.
 
 TensorFlow has no graph-level try/except: a JPEG that libjpeg rejects makes
 `decode_and_crop_jpeg` raise and stops the input pipeline. Worse, a truncated
@@ -122,3 +122,32 @@ def jpeg_structure_is_valid(encoded):
 def is_decodable(features):
     """Filter predicate on a TFDS example with SkipDecoding'd 'image' bytes."""
     return jpeg_structure_is_valid(features['image'])
+
+
+# A PNG starts with this signature and ends with an empty IEND chunk (length 0, type, CRC).
+_PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
+_PNG_END = b'\x00\x00\x00\x00IEND\xaeB`\x82'
+
+
+def png_structure_is_valid(encoded):
+    """True iff the scalar tf.string `encoded` has PNG's signature, an IHDR chunk first, and
+    the IEND chunk at the end (a truncated file lacks it)."""
+    size = tf.strings.length(encoded)
+    head = tf.strings.substr(encoded, 0, 16)
+    tail = tf.strings.substr(encoded, tf.maximum(size - len(_PNG_END), 0), len(_PNG_END))
+    return (
+        (size >= 8 + 25 + len(_PNG_END))
+        & tf.equal(tf.strings.substr(head, 0, 8), _PNG_SIGNATURE)
+        & tf.equal(tf.strings.substr(head, 12, 4), b'IHDR')
+        & tf.equal(tail, _PNG_END)
+    )
+
+
+def is_decodable_image(features):
+    """Filter predicate for JPEG or PNG bytes (image folders mix them): the matching check."""
+    encoded = features['image']
+    return tf.cond(
+        tf.io.is_jpeg(encoded),
+        lambda: jpeg_structure_is_valid(encoded),
+        lambda: png_structure_is_valid(encoded),
+    )

@@ -153,6 +153,8 @@ class TrainInput:
     cache: bool = False
     decoders: Mapping[str, Any] | None = None
     is_valid: Callable[[Features], tf.Tensor] | None = None  # e.g. the JPEG structure check
+    # The dataset's features -> {'image', 'label'}, what `is_valid` and `preprocess` read.
+    select: Callable[[Features], Features] | None = None
     # How many examples `is_valid` dropped (a running total over epochs; not fatal).
     skipped: tf.Variable = dataclasses.field(
         default_factory=lambda: tf.Variable(0, dtype=tf.int64, trainable=False)
@@ -184,6 +186,8 @@ class TrainInput:
             decoders=self.decoders,
             read_config=tfds.ReadConfig(shuffle_seed=seed, try_autocache=False),
         )
+        if self.select is not None:
+            ds = ds.map(self.select)
         if self.is_valid is not None:
             ds = drop_invalid(ds, self.is_valid, self.skipped)
         return ds
@@ -284,6 +288,7 @@ class EvalInput:
     global_batch: int
     decoders: Mapping[str, Any] | None = None
     is_valid: Callable[[Features], tf.Tensor] | None = None
+    select: Callable[[Features], Features] | None = None
     skipped: tf.Variable = dataclasses.field(
         default_factory=lambda: tf.Variable(0, dtype=tf.int64, trainable=False)
     )
@@ -315,6 +320,8 @@ class EvalInput:
     def dataset(self) -> tf.data.Dataset:
         share, _ = process_split(self.builder, self.split)
         ds = self.builder.as_dataset(split=share, shuffle_files=False, decoders=self.decoders)
+        if self.select is not None:
+            ds = ds.map(self.select)
         if self.is_valid is not None:
             ds = drop_invalid(ds, self.is_valid, self.skipped)
         preprocess = self.preprocess

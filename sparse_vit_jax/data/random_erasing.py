@@ -27,6 +27,7 @@ _MODES = ('pixel', 'rand', 'const')
 def _erase_once(image, seed, area, min_area, max_area, log_aspect, mode, max_attempts):
     """Draws one rectangle with timm's attempt loop and fills it."""
     height, width = tf.shape(image)[0], tf.shape(image)[1]
+    channels = image.shape[-1]  # static: 3, or 1 for grayscale
     area_seed, aspect_seed, top_seed, left_seed, fill_seed = tf.unstack(
         tf.random.experimental.stateless_split(seed, num=5)
     )
@@ -54,14 +55,14 @@ def _erase_once(image, seed, area, min_area, max_area, log_aspect, mode, max_att
     if mode == 'pixel':
         # Draw noise for the box only (on average ~1/6 of the image).
         patch = tf.random.stateless_normal(
-            tf.stack([box_h, box_w, 3]), fill_seed, dtype=image.dtype
+            tf.stack([box_h, box_w, channels]), fill_seed, dtype=image.dtype
         )
     elif mode == 'rand':
-        patch = tf.random.stateless_normal([1, 1, 3], fill_seed, dtype=image.dtype) * tf.ones(
-            tf.stack([box_h, box_w, 1]), image.dtype
-        )
+        patch = tf.random.stateless_normal(
+            [1, 1, channels], fill_seed, dtype=image.dtype
+        ) * tf.ones(tf.stack([box_h, box_w, 1]), image.dtype)
     else:
-        patch = tf.zeros(tf.stack([box_h, box_w, 3]), image.dtype)
+        patch = tf.zeros(tf.stack([box_h, box_w, channels]), image.dtype)
     # Splice the patch in: one copy of the image, no full-size mask.
     band = image[top : top + box_h]
     band = tf.concat([band[:, :left], patch, band[:, left + box_w :]], axis=1)
@@ -82,10 +83,10 @@ def random_erasing(
     max_count=None,
     max_attempts=10,
 ):
-    """timm RandomErasing on a normalised float [H, W, 3] image.
+    """timm RandomErasing on a normalised float [H, W, C] image.
 
     Args:
-      image: float tensor [H, W, 3], already normalised.
+      image: float tensor [H, W, C] (C static), already normalised.
       seed: int32/int64 tensor [2]; the output is a pure function of it.
       probability: chance that the image is erased at all.
       min_area, max_area: bounds of the erased fraction of the image (split
