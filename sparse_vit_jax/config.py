@@ -203,6 +203,9 @@ def base_config() -> ml_collections.ConfigDict:
     """Defaults: the DeiT recipe on ImageNet (docs/reference.md §5), every method switched off."""
     c = ml_collections.ConfigDict()
     c.seed = 0
+    # Start a fresh run from trained weights: a timm .safetensors/.npz/.pth file, or a workdir
+    # of ours (optionally WORKDIR:STEP). See sparse_vit_jax/pretrained.py; resuming ignores it.
+    c.init_from = config_dict.placeholder(str)
     c.model = model_config('deit_small_patch16_224')
     c.data = ml_collections.ConfigDict(
         dict(
@@ -271,6 +274,9 @@ def base_config() -> ml_collections.ConfigDict:
             # Adam moments of regrown weights: '' = the fidelity's choice (reference: kept, as
             # the official code; improved: see README), or 'reset' / 'keep' for an ablation.
             regrown_moments='',
+            # Initial masks: 'random' (the method's own), 'magnitude' (keep the largest weights,
+            # or heads/neurons by their pruning scores), 'auto' = magnitude iff init_from is set.
+            init='auto',
         )
     )
     c.tokens = ml_collections.ConfigDict(
@@ -323,6 +329,28 @@ def imagenet_config(
     c.sparsity.update_every = PAPER_UPDATE_EVERY[model]
     c.sparsity.update_every_batch = PAPER_BATCH[model]
     return c
+
+
+def compress_schedule(c: ml_collections.ConfigDict, epochs: float, lr_scale: float = 1.0) -> None:
+    """Fits `c`'s recipe, written for c.num_epochs, into `epochs` (sparsifying trained weights):
+    ΔT and the warmup scale with the length, so the run makes as many topology updates and warms
+    up for the same fraction of it; the prune-rate decay and t_end are fractions of the run
+    already. The peak lr is multiplied by `lr_scale`."""
+    ratio = epochs / c.num_epochs
+    c.sparsity.update_every = max(1, round(c.sparsity.update_every * ratio))
+    c.optimizer.warmup_epochs = c.optimizer.warmup_epochs * ratio
+    c.optimizer.lr = c.optimizer.lr * lr_scale
+    c.num_epochs = float(epochs)
+
+
+MASK_INITS = ('auto', 'random', 'magnitude')
+
+
+def mask_init(c: ml_collections.ConfigDict) -> str:
+    """'random' or 'magnitude': how a run's initial masks are chosen (config.sparsity.init)."""
+    if c.sparsity.init == 'auto':
+        return 'magnitude' if c.init_from else 'random'
+    return c.sparsity.init
 
 
 # Compute dtypes; params stay float32 either way.
@@ -395,6 +423,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _check(
         s.distribution in distributions.NAMES,
         f'config.sparsity.distribution={s.distribution!r}; choose one of {distributions.NAMES}',
+    )
+    _check(
+        s.init in MASK_INITS,
+        f'config.sparsity.init={s.init!r}; choose one of {MASK_INITS}',
     )
     _check(
         s.update_every > 0, f'config.sparsity.update_every (ΔT) must be > 0, got {s.update_every}'

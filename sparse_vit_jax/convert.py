@@ -19,15 +19,12 @@ used, and anything else (a distillation token, SViTE's layer-wise selectors, ...
 different model. What is ignored is everything *beside* the state dict in a training checkpoint
 (``optimizer``, ``lr_scheduler``, ``epoch``, ``args``, SViTE's ``mask``, ``model_ema``, ...).
 
-Nothing here needs torch or timm; reading ``.pth`` files (``load_weights``) needs torch.
+Nothing here needs torch or timm; the files themselves are read and written by ``weights.py``.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
-import os
-import pickle
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -353,88 +350,3 @@ def from_timm(
     table = _table(target)
     flat = {path: _timm_to_flax(state[name], kind) for name, (path, kind, _) in table.items()}
     return traverse_util.unflatten_dict(flat)
-
-
-# ----------------------------------------------------------------------------- weight files
-
-_PICKLE_HINT = (
-    'A weights file must hold plain tensors. Re-save the state dict once, where you trust the '
-    'file, e.g. with torch: safetensors.torch.save_file(torch.load(f, weights_only=False)'
-    "['model'], 'weights.safetensors')"
-)
-
-
-def load_weights(path: str) -> dict[str, Any]:
-    """The state dict in a .safetensors, .npz or .pth/.pt/.bin file, as NumPy arrays.
-
-    Never runs pickled code: .npz files are read with allow_pickle=False and torch files with
-    weights_only=True (torch is needed for those only, and is not a dependency). Training
-    checkpoints are unwrapped to their model state dict.
-    """
-    extension = os.path.splitext(path)[1].lower()
-    if extension == '.safetensors':
-        from safetensors.numpy import load_file
-
-        return load_file(path)
-    if extension == '.npz':
-        return _load_npz(path)
-    if extension in ('.pth', '.pt', '.bin'):
-        return _load_torch(path)
-    raise ValueError(f'{path}: unknown format {extension!r}; use .safetensors, .npz or .pth')
-
-
-def _load_npz(path: str) -> dict[str, np.ndarray]:
-    try:
-        archive = np.load(path, allow_pickle=False)
-        if not isinstance(archive, Mapping):  # an .npy: one unnamed array
-            raise ValueError(f'{path} holds one unnamed array; expected an .npz of named arrays')
-        with archive:
-            return {name: archive[name] for name in archive.files}
-    except ValueError as error:
-        if 'allow_pickle' not in str(error):
-            raise
-        raise ValueError(
-            f'{path} needs pickle to load ({error}); it holds Python objects, not only arrays. '
-            + _PICKLE_HINT
-        ) from None
-
-
-def _load_torch(path: str) -> dict[str, np.ndarray]:
-    try:
-        import torch
-    except ImportError:
-        raise ValueError(
-            f'reading {path} needs PyTorch, which is not installed (sparse_vit_jax does not need '
-            'it). Install a CPU build (pip install torch --index-url '
-            'https://download.pytorch.org/whl/cpu), or convert the file to .safetensors or .npz '
-            'where torch is installed.'
-        ) from None
-    # DeiT and SViTE training checkpoints keep their argparse args beside the weights; allowing
-    # that one plain-attribute class lets them load without running arbitrary pickled code.
-    allow = getattr(torch.serialization, 'safe_globals', None)
-    try:
-        if allow is None:
-            checkpoint = torch.load(path, map_location='cpu', weights_only=True)
-        else:
-            with allow([argparse.Namespace]):
-                checkpoint = torch.load(path, map_location='cpu', weights_only=True)
-    except pickle.UnpicklingError as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ''
-        raise ValueError(
-            f'{path} is a pickle that weights_only loading refuses ({first_line}). ' + _PICKLE_HINT
-        ) from None
-    except RuntimeError as error:  # not a torch file, truncated, ...
-        raise ValueError(f'torch.load cannot read {path}: {error}') from None
-    if not isinstance(checkpoint, Mapping):
-        raise ValueError(f'{path} holds a {type(checkpoint).__name__}, not a state dict')
-    state = unwrap(checkpoint)
-    return {name: _torch_to_numpy(torch, value) for name, value in state.items()}
-
-
-def _torch_to_numpy(torch: Any, value: Any) -> Any:
-    if not isinstance(value, torch.Tensor):
-        return value  # reported as a problem by from_timm if it is ever used
-    value = value.detach().cpu()
-    if value.is_floating_point() and value.dtype not in (torch.float16, torch.float32):
-        value = value.float()  # bfloat16 and float64 -> float32, which is what we keep anyway
-    return value.numpy()

@@ -1,7 +1,8 @@
 """timm import: sparse_vit_jax.convert and tools/convert_timm.py.
 
-The timm layout below and the NumPy DeiT forward pass are written from timm's definition of the
-model, not from convert.py or models/vit.py, so agreement means the mapping is right.
+The timm layout and the NumPy DeiT forward pass (tests/timm_reference.py) are written from timm's
+definition of the model, not from convert.py or models/vit.py, so agreement means the mapping is
+right.
 
 `test_parity_with_timm` and the .pth test run only where torch and timm import (neither is a
 dependency). Without touching the JAX venv (--no-deps keeps CUDA wheels and newer copies of the
@@ -28,54 +29,17 @@ import sys
 import jax
 import numpy as np
 import pytest
-from scipy.special import erf
 
-from sparse_vit_jax import convert
+from sparse_vit_jax import convert, weights
 from sparse_vit_jax.benchmark.timm_torch import TorchvisionStub, stub_torchvision
 from sparse_vit_jax.models import create_model, create_model_from_config
+from timm_reference import numpy_deit, random_state_dict, timm_layout
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A model small enough to compile in about a second: 16 patches of 8x8, 17 tokens.
 SMALL = dict(image_size=32, patch_size=8)
 SMALL_SIZES = dict(dim=32, depth=2, hidden=64, classes=10, patch=8, image=32)
 HEADS = 4  # vit_test's head count
-
-
-def timm_layout(dim, depth, hidden, classes, patch, image, channels=3) -> dict[str, tuple]:
-    """timm's VisionTransformer state dict for DeiT: name -> shape, in timm's module order."""
-    shapes = {
-        'cls_token': (1, 1, dim),
-        'pos_embed': (1, 1 + (image // patch) ** 2, dim),
-        'patch_embed.proj.weight': (dim, channels, patch, patch),
-        'patch_embed.proj.bias': (dim,),
-    }
-    for i in range(depth):
-        shapes.update(
-            {
-                f'blocks.{i}.norm1.weight': (dim,),
-                f'blocks.{i}.norm1.bias': (dim,),
-                f'blocks.{i}.attn.qkv.weight': (3 * dim, dim),
-                f'blocks.{i}.attn.qkv.bias': (3 * dim,),
-                f'blocks.{i}.attn.proj.weight': (dim, dim),
-                f'blocks.{i}.attn.proj.bias': (dim,),
-                f'blocks.{i}.norm2.weight': (dim,),
-                f'blocks.{i}.norm2.bias': (dim,),
-                f'blocks.{i}.mlp.fc1.weight': (hidden, dim),
-                f'blocks.{i}.mlp.fc1.bias': (hidden,),
-                f'blocks.{i}.mlp.fc2.weight': (dim, hidden),
-                f'blocks.{i}.mlp.fc2.bias': (dim,),
-            }
-        )
-    shapes.update(
-        {
-            'norm.weight': (dim,),
-            'norm.bias': (dim,),
-            'head.weight': (classes, dim),
-            'head.bias': (classes,),
-        }
-    )
-    return shapes
-
 
 DEIT = dict(patch=16, image=224, classes=1000, depth=12)
 TINY = timm_layout(dim=192, hidden=768, **DEIT)
@@ -86,65 +50,9 @@ DEIT_SIZES = {  # parameter counts from DESIGN.md
 }
 
 
-def random_state_dict(layout: dict[str, tuple], seed: int = 0) -> dict[str, np.ndarray]:
-    """Weights ~ N(0, 0.1) (LayerNorm scales 1 + N(0, 0.1)): far from init, so layouts matter."""
-    rng = np.random.default_rng(seed)
-    state = {}
-    for name, shape in layout.items():
-        value = rng.normal(0.0, 0.1, shape)
-        if name.endswith(('norm1.weight', 'norm2.weight', 'norm.weight')):
-            value += 1.0
-        state[name] = value.astype(np.float32)
-    return state
-
-
 def shapes_only(layout: dict[str, tuple]) -> dict[str, np.ndarray]:
     """Zero-stride arrays of the right shapes: a DeiT-B 'state dict' that takes no memory."""
     return {name: np.broadcast_to(np.float32(0), shape) for name, shape in layout.items()}
-
-
-# ----------------------------------------------------------------------------- NumPy DeiT
-
-
-def _layer_norm(x, state, name, eps=1e-6):
-    mean = x.mean(-1, keepdims=True)
-    var = ((x - mean) ** 2).mean(-1, keepdims=True)
-    return (x - mean) / np.sqrt(var + eps) * state[f'{name}.weight'] + state[f'{name}.bias']
-
-
-def _linear(x, state, name):
-    return x @ state[f'{name}.weight'].T + state[f'{name}.bias']
-
-
-def _softmax(x):
-    e = np.exp(x - x.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True)
-
-
-def numpy_deit(state: dict[str, np.ndarray], images: np.ndarray, heads: int) -> np.ndarray:
-    """timm's DeiT forward in float64 on NCHW images, straight from the timm state dict."""
-    state = {name: value.astype(np.float64) for name, value in state.items()}
-    weight = state['patch_embed.proj.weight']  # (D, C, p, p): a stride-p conv is a matmul
-    dim, channels, p, _ = weight.shape
-    batch, _, height, width = images.shape
-    patches = images.reshape(batch, channels, height // p, p, width // p, p)
-    patches = patches.transpose(0, 2, 4, 1, 3, 5).reshape(batch, -1, channels * p * p)
-    x = patches @ weight.reshape(dim, -1).T + state['patch_embed.proj.bias']
-    cls = np.broadcast_to(state['cls_token'], (batch, 1, dim))
-    x = np.concatenate([cls, x], axis=1) + state['pos_embed']
-    tokens, head_dim = x.shape[1], dim // heads
-    depth = len({name.split('.')[1] for name in state if name.startswith('blocks.')})
-    for i in range(depth):
-        block = f'blocks.{i}'
-        qkv = _linear(_layer_norm(x, state, f'{block}.norm1'), state, f'{block}.attn.qkv')
-        q, k, v = qkv.reshape(batch, tokens, 3, heads, head_dim).transpose(2, 0, 3, 1, 4)
-        attention = _softmax(q @ k.swapaxes(-1, -2) * head_dim**-0.5)
-        mixed = (attention @ v).transpose(0, 2, 1, 3).reshape(batch, tokens, dim)
-        x = x + _linear(mixed, state, f'{block}.attn.proj')
-        hidden = _linear(_layer_norm(x, state, f'{block}.norm2'), state, f'{block}.mlp.fc1')
-        hidden = 0.5 * hidden * (1.0 + erf(hidden / np.sqrt(2.0)))  # exact GELU
-        x = x + _linear(hidden, state, f'{block}.mlp.fc2')
-    return _linear(_layer_norm(x, state, 'norm')[:, 0], state, 'head')
 
 
 def test_numpy_reference_matches_flax_with_converted_weights():
@@ -317,7 +225,7 @@ def test_pth_without_torch_says_what_to_do(tmp_path):
     path = tmp_path / 'deit.pth'
     path.write_bytes(b'not read')
     with pytest.raises(ValueError, match=r'needs PyTorch.*\.safetensors or \.npz'):
-        convert.load_weights(str(path))
+        weights.load_weights(str(path))
 
 
 # ----------------------------------------------------------------------------- the tool
@@ -415,11 +323,11 @@ def test_pth_training_checkpoint_loads_and_code_is_refused(tmp_path):
     tensors['module.head.bias'] = tensors['module.head.bias'].to(torch.bfloat16)
     checkpoint = {'model': tensors, 'epoch': 299, 'args': argparse.Namespace(lr=5e-4)}
     torch.save(checkpoint, tmp_path / 'deit.pth')
-    loaded = convert.load_weights(str(tmp_path / 'deit.pth'))
+    loaded = weights.load_weights(str(tmp_path / 'deit.pth'))
     assert sorted(loaded) == sorted(state) and loaded['head.bias'].dtype == np.float32
     qkv = 'blocks.0.attn.qkv.weight'
     np.testing.assert_array_equal(loaded[qkv], state[qkv])
 
     torch.save({'model': tensors, 'hook': TorchvisionStub()}, tmp_path / 'code.pth')
     with pytest.raises(ValueError, match='weights_only loading refuses.*plain tensors'):
-        convert.load_weights(str(tmp_path / 'code.pth'))
+        weights.load_weights(str(tmp_path / 'code.pth'))

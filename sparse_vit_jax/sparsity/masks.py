@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sparse_vit_jax.layer_order import path_name
-from sparse_vit_jax.sparsity import distributions
+from sparse_vit_jax.sparsity import distributions, prune_grow
 
 Path = tuple[str, ...]
 Tree = Any
@@ -124,26 +124,76 @@ def random_weight_masks(
       densities: per-layer densities, either the tree from `layer_densities` or a flat
         {layer name: density} dict.
     """
+
+    def make(name: str, leaf: Any, density: float) -> jax.Array:
+        shape = _shape(leaf)
+        count = _layer_count(name, density, shape)
+        if density >= 1.0:
+            return jnp.ones(shape, dtype=bool)
+        if exact:
+            return _exact_count_mask(layer_key(key, name), shape, count)
+        return _bernoulli_mask(layer_key(key, name), shape, density)
+
+    return _map_layers(make, params_or_shapes, densities)
+
+
+def _map_layers(make: Callable[[str, Any, float], jax.Array], tree: Tree, densities: Tree) -> Tree:
+    """`make(name, leaf, density)` on every prunable layer of `tree` (None elsewhere), with the
+    layer's density from `densities` (a tree or a flat {layer name: density} dict)."""
     flat_density = _flat_values(densities)
 
-    def make(path: Path, leaf: Any) -> jax.Array | None:
+    def make_leaf(path: Path, leaf: Any) -> jax.Array | None:
         if not is_prunable(path, leaf):
             return None
         name = path_name(path)
         if name not in flat_density:
             raise ValueError(f'no density given for prunable layer {name!r}')
-        density = float(flat_density[name])
-        if not 0.0 <= density <= 1.0:
-            raise ValueError(f'density of {name!r} must be in [0, 1], got {density}')
-        shape = _shape(leaf)
-        if density >= 1.0:
-            return jnp.ones(shape, dtype=bool)
-        if exact:
-            count = int(np.floor(density * int(np.prod(shape)) + 0.5))
-            return _exact_count_mask(layer_key(key, name), shape, count)
-        return _bernoulli_mask(layer_key(key, name), shape, density)
+        return make(name, leaf, float(flat_density[name]))
 
-    return _map_leaves(make, params_or_shapes)
+    return _map_leaves(make_leaf, tree)
+
+
+def _layer_count(name: str, density: float, shape: tuple[int, ...]) -> int:
+    """Active entries of a layer at `density`: floor(density * numel + 0.5), as exact init."""
+    if not 0.0 <= density <= 1.0:
+        raise ValueError(f'density of {name!r} must be in [0, 1], got {density}')
+    return int(np.floor(density * int(np.prod(shape)) + 0.5))
+
+
+@functools.partial(jax.jit, static_argnums=(1,))
+def _largest_magnitudes(weight: jax.Array, count: int) -> jax.Array:
+    """Exactly `count` True entries at the largest |weight|, ties by ascending flat index."""
+    magnitude = jnp.abs(weight.reshape(-1)).astype(jnp.float32)
+    return prune_grow.largest(magnitude, count).reshape(weight.shape)
+
+
+def magnitude_weight_masks(params: Tree, densities: Tree) -> Tree:
+    """Initial unstructured masks from trained weights: each layer keeps its largest |w|.
+
+    Per-layer counts are those of exact random init (floor(p_l * numel + 0.5) for the densities
+    of `layer_densities`, ERK or uniform), so only *which* weights start active changes: the
+    ones that matter most in a pretrained model, instead of a random subset. Ties (e.g. weights
+    that are exactly 0) are broken by ascending flat index.
+    """
+
+    def make(name: str, leaf: Any, density: float) -> jax.Array:
+        count = _layer_count(name, density, _shape(leaf))
+        return _largest_magnitudes(jnp.asarray(leaf), count)
+
+    return _map_layers(make, params, densities)
+
+
+def top_unit_masks(scores: jax.Array, density: float) -> jax.Array:
+    """bool[depth, num_units]: per row, the int(num_units * density) units of largest score.
+
+    The count is `random_unit_masks`'s; ties by ascending unit index. For S²ViTE init from
+    trained weights, with the scores the method prunes by.
+    """
+    if not 0.0 <= density <= 1.0:
+        raise ValueError(f'density must be in [0, 1], got {density!r}')
+    scores = jnp.asarray(scores, jnp.float32)
+    count = int(scores.shape[1] * density)
+    return jax.vmap(lambda row: prune_grow.largest(row, count))(scores)
 
 
 def random_unit_masks(key: jax.Array, depth: int, num_units: int, density: float) -> jax.Array:

@@ -45,6 +45,11 @@ def _largest_first(score: Array) -> Array:
     return jnp.where(score == 0, jnp.zeros_like(score), -score)
 
 
+def largest(score: Array, count: int | Array) -> Array:
+    """Bool mask of the `count` largest entries of a 1-D `score`, ties by ascending index."""
+    return _first_in_order((_largest_first(score),), count)
+
+
 def _smallest_first(score: Array) -> Array:
     """Ascending sort key with every zero as +0.0 (see `_largest_first`)."""
     return jnp.where(score == 0, jnp.zeros_like(score), score)
@@ -140,7 +145,7 @@ def head_prune_grow(
     return enabled | grown
 
 
-def _neuron_l1(fc1: Array, fc2: Array) -> Array:
+def neuron_l1(fc1: Array, fc2: Array) -> Array:
     """Per-neuron L1 norm over fc1 column j (D, hidden) plus fc2 row j (hidden, D), in float32."""
     return jnp.abs(fc1.astype(jnp.float32)).sum(axis=0) + jnp.abs(fc2.astype(jnp.float32)).sum(
         axis=1
@@ -193,8 +198,8 @@ def neuron_prune_grow(
     hidden = active.shape[0]
     n_active = active.sum(dtype=jnp.int32)
     r = _removal_count(prune_rate, n_active)
-    score = _neuron_l1(fc1_kernel, fc2_kernel)
-    grad_score = _neuron_l1(fc1_grad, fc2_grad)
+    score = neuron_l1(fc1_kernel, fc2_kernel)
+    grad_score = neuron_l1(fc1_grad, fc2_grad)
     if growth_score is not None:
         if not exact:
             raise ValueError('growth_score replaces the reference growth score: exact mode only')

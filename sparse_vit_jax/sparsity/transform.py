@@ -49,6 +49,9 @@ class SparsitySpec:
       regrown_moments: what happens to the inner optimizer's moments of regrown weights:
         'keep' (their history: the gradients are dense, so it is the weight's own), 'reset'
         (zeroed), or '' for the fidelity's choice (`reset_moments`).
+      init: 'random' (the method's own init) or 'magnitude' (from trained weights: the largest
+        weights, and for S²ViTE the heads and neurons with the largest pruning scores, at the
+        same per-layer counts).
     """
 
     structured: bool
@@ -67,6 +70,7 @@ class SparsitySpec:
     head_dim: int = 0
     seed: int = 0
     regrown_moments: str = ''
+    init: str = 'random'
 
     @property
     def improved(self) -> bool:
@@ -126,18 +130,41 @@ def _count(mask: jax.Array) -> jax.Array:
     return jnp.sum(mask, dtype=jnp.int32)
 
 
-def initial_masks(spec: SparsitySpec, params: Any, key: jax.Array) -> dict[str, Any]:
-    """The run's starting topology (reference: Bernoulli per layer; improved: exact counts)."""
+def initial_masks(
+    spec: SparsitySpec, params: Any, key: jax.Array, head_taylor: jax.Array | None = None
+) -> dict[str, Any]:
+    """The run's starting topology.
+
+    'random' init: reference: Bernoulli per layer; improved: exact counts. 'magnitude' init keeps
+    the largest weights per layer (exact counts); for S²ViTE the heads with the largest Taylor
+    score `head_taylor` ([depth, heads], from a batch: see train/steps.py `head_scores`) and the
+    neurons with the largest fc1/fc2 L1 norm: what the method prunes by.
+    """
+    magnitude = spec.init == 'magnitude'
     if spec.structured:
         depth = len(block_names(params))
         hidden = params['blocks_0']['mlp']['fc1']['kernel'].shape[1]
-        head_key, neuron_key = jax.random.split(key)
-        heads = masks_lib.random_unit_masks(head_key, depth, spec.num_heads, spec.head_density)
-        neurons = masks_lib.random_unit_masks(neuron_key, depth, hidden, spec.neuron_density)
+        if magnitude:
+            if head_taylor is None:
+                raise ValueError('magnitude init of S²ViTE needs the head Taylor scores')
+            fc1, fc2 = (
+                jnp.stack([params[b]['mlp'][fc]['kernel'] for b in block_names(params)])
+                for fc in ('fc1', 'fc2')
+            )
+            neuron_scores = jax.vmap(prune_grow.neuron_l1)(fc1, fc2)
+            heads = masks_lib.top_unit_masks(head_taylor, spec.head_density)
+            neurons = masks_lib.top_unit_masks(neuron_scores, spec.neuron_density)
+        else:
+            head_key, neuron_key = jax.random.split(key)
+            heads = masks_lib.random_unit_masks(head_key, depth, spec.num_heads, spec.head_density)
+            neurons = masks_lib.random_unit_masks(neuron_key, depth, hidden, spec.neuron_density)
         weights = unit_weight_masks(params, heads, neurons, spec.head_dim)
         return {'weights': weights, 'heads': heads, 'neurons': neurons}
     densities = masks_lib.layer_densities(params, spec.density, spec.distribution)
-    weights = masks_lib.random_weight_masks(key, params, densities, exact=spec.improved)
+    if magnitude:
+        weights = masks_lib.magnitude_weight_masks(params, densities)
+    else:
+        weights = masks_lib.random_weight_masks(key, params, densities, exact=spec.improved)
     return {'weights': weights, 'heads': None, 'neurons': None}
 
 
@@ -226,11 +253,12 @@ def sparse_training(
     computes them from the head outputs and their gradients), and the [depth, mlp] loss gradient
     at the neuron gates by dynamic improved ones (`spec.needs_neuron_gate_grads`); `grads` are
     the dense gradients at the current params.
+    `init(params, head_taylor=None)`: the head scores are required for S²ViTE magnitude init.
     """
 
-    def init_fn(params):
+    def init_fn(params, head_taylor=None):
         key = jax.random.fold_in(jax.random.key(spec.seed), 0x5BA5)
-        masks = initial_masks(spec, params, key)
+        masks = initial_masks(spec, params, key, head_taylor)
         stats = _update_stats(masks, masks, 0)
         return SparseState(
             count=jnp.zeros((), jnp.int32),

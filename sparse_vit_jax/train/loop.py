@@ -22,6 +22,7 @@ import numpy as np
 
 from sparse_vit_jax import config as config_lib
 from sparse_vit_jax import data as data_lib
+from sparse_vit_jax import pretrained
 from sparse_vit_jax.errors import CheckpointError, NonFiniteError
 from sparse_vit_jax.layer_order import in_model_order
 from sparse_vit_jax.models import create_model_from_config
@@ -39,10 +40,10 @@ from sparse_vit_jax.train.steps import make_train_step
 logger = logging.getLogger(__name__)
 
 
-def image_shape(config: ml_collections.ConfigDict, train_input: data_lib.TrainInput) -> tuple:
-    shape = train_input.builder.info.features['image'].shape
-    channels = shape[-1] if shape and shape[-1] else 3
-    return (config.model.image_size, config.model.image_size, channels)
+def image_shape(config: ml_collections.ConfigDict) -> tuple:
+    """(H, W, C) of the model's input: the configured size, one channel per normalization mean
+    (the dataset check at start makes sure the data has them)."""
+    return (config.model.image_size, config.model.image_size, len(config.data.mean))
 
 
 def check_writable(workdir: str) -> None:
@@ -75,22 +76,35 @@ class Trainer:
         self.steps_per_epoch = self.train_input.steps_per_epoch
         self.total_steps = max(1, round(config.num_epochs * self.steps_per_epoch))
         self.model = create_model_from_config(config.model, config.tokens)
-        shape = image_shape(config, self.train_input)
+        shape = image_shape(config)
         key = jax.random.fold_in(jax.random.key(config.seed), 0x1417)
-        params_shape = jax.eval_shape(lambda: init_params(self.model, key, shape))
+        self.init_params = lambda: init_params(self.model, key, shape)
         tx, self.lr_schedule, spec = optimizer_lib.make_optimizer(
             config,
             self.model,
-            params_shape,
+            jax.eval_shape(self.init_params),
             total_steps=self.total_steps,
             steps_per_epoch=self.steps_per_epoch,
         )
-        self.init_state = lambda: create_train_state(
-            self.model, tx, key, shape, ema=config.ema_decay > 0, fidelity=config.sparsity.fidelity
+        self.init_state = lambda params=None, head_taylor=None: create_train_state(
+            self.model,
+            tx,
+            key,
+            shape,
+            ema=config.ema_decay > 0,
+            fidelity=config.sparsity.fidelity,
+            params=params,
+            head_taylor=head_taylor,
         )
-        abstract_state = jax.eval_shape(self.init_state)
+        # S²ViTE magnitude init keeps the heads with the largest Taylor scores on a batch.
+        self.scores_heads = spec is not None and spec.structured and spec.init == 'magnitude'
+        head_taylor = None
+        if self.scores_heads:
+            heads = (len(self.model.heads_per_layer), self.model.heads_per_layer[0])
+            head_taylor = jax.ShapeDtypeStruct(heads, np.float32)
+        self.abstract_state = jax.eval_shape(self.init_state, None, head_taylor)
         self.state_sharding = sharding_lib.state_shardings(
-            abstract_state, self.mesh, config.mesh.fsdp_min_size
+            self.abstract_state, self.mesh, config.mesh.fsdp_min_size
         )
         self.step_fn = make_train_step(config, self.model, tx, spec, self.total_steps)
         self.batch_sharding = sharding_lib.batch_sharding(self.mesh)
@@ -109,12 +123,38 @@ class Trainer:
             'config': config.to_dict(),
             'total_steps': self.total_steps,
             'steps_per_epoch': self.steps_per_epoch,
+            # tools/predict.py names classes by these even where the dataset is not at hand.
+            'label_names': data_lib.label_names(config.data),
         }
+
+    def fresh_state(self) -> TrainState:
+        """The sharded state of step 0: fresh params, or config.init_from's weights adapted to
+        the model; masks from them as config.sparsity.init says."""
+        params = None
+        if self.config.init_from:
+            target = jax.jit(self.init_params)()
+            params, report, source = pretrained.initial_params(self.config.init_from, target)
+            logger.info('init_from %s: %s', source, '; '.join(report.lines()))
+        head_taylor = None
+        if self.scores_heads:
+            start = params if params is not None else jax.jit(self.init_params)()
+            batch = next(
+                data_lib.prefetch_to_device(self.train_input.batches(0), self.batch_sharding)
+            )
+            scores = jax.jit(self.step_fn.initial_head_scores)(start, batch)
+            head_taylor = scores['head_taylor']
+        return jax.jit(self.init_state, out_shardings=self.state_sharding)(params, head_taylor)
 
     def restore_or_init(self) -> TrainState:
         """The latest checkpoint of this workdir if there is one, else a fresh sharded state."""
         if self.checkpointer.latest_step() is None:
-            return jax.jit(self.init_state, out_shardings=self.state_sharding)()
+            return self.fresh_state()
+        if self.config.init_from:
+            logger.info(
+                'resuming from the checkpoints in %s: init_from=%s is ignored',
+                self.checkpointer.directory,
+                self.config.init_from,
+            )
         saved = self.checkpointer.meta()
         if _architecture(saved['config']['model']) != _architecture(self.meta['config']['model']):
             raise CheckpointError(
@@ -125,7 +165,7 @@ class Trainer:
             )
         target = jax.tree.map(
             lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-            jax.eval_shape(self.init_state),
+            self.abstract_state,
             self.state_sharding,
         )
         state = self.checkpointer.restore_state(target)

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optax
 from flax import traverse_util
 
-from sparse_vit_jax.config import method
+from sparse_vit_jax.config import mask_init, method
 from sparse_vit_jax.sparsity import schedules
 from sparse_vit_jax.sparsity.transform import SparsitySpec, sparse_training
 
@@ -109,6 +109,7 @@ def sparsity_spec(config: Any, model: Any, total_steps: int) -> SparsitySpec | N
         num_heads=heads[0],
         head_dim=model.resolved_head_dim,
         seed=config.seed,
+        init=mask_init(config),
     )
 
 

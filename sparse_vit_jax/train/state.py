@@ -38,11 +38,15 @@ def create_train_state(
     image_shape: tuple[int, ...],
     ema: bool = False,
     fidelity: str = 'reference',
+    params: Any = None,
+    head_taylor: jax.Array | None = None,
 ) -> TrainState:
-    """Initializes params and optimizer state; the optimizer applies the initial masks
-    (`fidelity` decides which, see `sparsity.api.zeroed_masks`)."""
-    params = init_params(model, key, image_shape)
-    opt_state = tx.init(params)
+    """Initializes params (unless given, e.g. trained weights) and the optimizer state; the
+    optimizer applies the initial masks (`fidelity` decides which, see
+    `sparsity.api.zeroed_masks`; `head_taylor`: S²ViTE head scores for magnitude init)."""
+    if params is None:
+        params = init_params(model, key, image_shape)
+    opt_state = tx.init(params) if head_taylor is None else tx.init(params, head_taylor=head_taylor)
     params = sparsity_api.apply_masks(params, opt_state, fidelity)
     return TrainState(
         step=jnp.zeros((), jnp.int32),

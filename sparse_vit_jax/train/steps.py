@@ -90,11 +90,10 @@ class TrainStep:
             return self.mix(keys['mixup'], images, labels)
         return images, smooth_labels(labels, self.num_classes, self.label_smoothing)
 
-    def __call__(self, state: TrainState, batch: dict[str, jax.Array]):
-        keys = step_keys(self.seed, state.step)
-        images, targets = self._targets(keys, batch['image'], batch['label'])
-        masks = self.forward_masks(state.masks)
-        extra = {} if self.tau is None else {'tau': self.tau(state.step)}
+    def _gradients(self, params, masks, images, targets, keys, step, gate_grads: bool):
+        """Loss, logits, dense gradients and the scores the optimizer wants at `params`: S²ViTE
+        head scores (when wanted) and, with `gate_grads`, the loss gradient at the neuron gates."""
+        extra = {} if self.tau is None else {'tau': self.tau(step)}
         rngs = {'dropout': keys['dropout'], 'gumbel': keys['gumbel']}
 
         def forward(params, perturbations=None, gates=None):
@@ -126,26 +125,49 @@ class TrainStep:
         perturbations = None
         if self.needs_head_scores:
             # Zeros shaped like the head outputs: their gradient is ∂L/∂(head outputs).
-            sown = jax.eval_shape(lambda p: forward(p)[1], state.params)
+            sown = jax.eval_shape(lambda p: forward(p)[1], params)
             perturbations = jax.tree.map(
                 lambda t: jnp.zeros(t[0].shape, t[0].dtype),
                 sown,
                 is_leaf=lambda x: isinstance(x, tuple),
             )
         # Float 0/1 neuron gates: their gradient is ∂L/∂gate (the forward value is unchanged).
-        gates = masks['neurons'].astype(jnp.float32) if self.needs_neuron_gate_grads else None
-        (loss, (logits, inter)), (grads, output_grads, gate_grads) = jax.value_and_grad(
+        gates = masks['neurons'].astype(jnp.float32) if gate_grads else None
+        (loss, (logits, inter)), (grads, output_grads, at_gates) = jax.value_and_grad(
             loss_fn, argnums=(0, 1, 2), has_aux=True
-        )(state.params, perturbations, gates)
-        update_args = {}
+        )(params, perturbations, gates)
+        scores = {}
         if self.needs_head_scores:
             blocks = block_names(output_grads)
-            update_args = head_scores(
+            scores = head_scores(
                 [inter[b]['attn'][HEAD_OUTPUTS][0] for b in blocks],
                 [output_grads[b]['attn'][HEAD_OUTPUTS] for b in blocks],
             )
-        if self.needs_neuron_gate_grads:
-            update_args['neuron_gate_grad'] = gate_grads
+        if gate_grads:
+            scores['neuron_gate_grad'] = at_gates
+        return loss, logits, grads, scores
+
+    def initial_head_scores(self, params: Any, batch: dict[str, jax.Array]) -> dict:
+        """The S²ViTE head scores of `params` (every unit active) on the batch of step 0, as the
+        first step computes them: what magnitude init from trained weights keeps heads by."""
+        step = jnp.zeros((), jnp.int32)
+        keys = step_keys(self.seed, step)
+        images, targets = self._targets(keys, batch['image'], batch['label'])
+        scoring = dataclasses.replace(self, needs_head_scores=True)  # static runs score too
+        return scoring._gradients(params, None, images, targets, keys, step, gate_grads=False)[3]
+
+    def __call__(self, state: TrainState, batch: dict[str, jax.Array]):
+        keys = step_keys(self.seed, state.step)
+        images, targets = self._targets(keys, batch['image'], batch['label'])
+        loss, logits, grads, update_args = self._gradients(
+            state.params,
+            self.forward_masks(state.masks),
+            images,
+            targets,
+            keys,
+            state.step,
+            gate_grads=self.needs_neuron_gate_grads,
+        )
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params, **update_args)
         params = optax.apply_updates(state.params, updates)
 

@@ -187,3 +187,43 @@ def test_exact_masks_reach_erk_overall_density():
     total = sum(int(np.prod(s)) for s in masks.prunable_shapes(params).values())
     # per-layer rounding moves the overall count by at most half an entry per layer
     assert abs(masks.overall_weight_density(m) - 0.5) * total <= 0.5 * len(PRUNABLE)
+
+
+# ----------------------------------------------------------------------------- magnitude init
+
+
+def _random_params(seed=0):
+    rng = np.random.default_rng(seed)
+    return tiny_params(lambda shape: jnp.asarray(rng.normal(size=shape), jnp.float32))
+
+
+@pytest.mark.parametrize('distribution', ['erk', 'uniform'])
+def test_magnitude_masks_keep_the_largest_weights_at_the_exact_random_counts(distribution):
+    params = _random_params()
+    densities = masks.layer_densities(params, 0.4, distribution)
+    by_magnitude = flat(masks.magnitude_weight_masks(params, densities))
+    weights, density = flat(params), flat(densities)
+    assert {k for k, v in by_magnitude.items() if v is not None} == set(PRUNABLE)
+    for name in PRUNABLE:
+        mask, magnitude = np.asarray(by_magnitude[name]), np.abs(np.asarray(weights[name]))
+        assert mask.dtype == bool and mask.shape == magnitude.shape
+        # exact random init's count for the distribution's density (test_random_weight_masks_
+        # exact_counts checks that formula against the random masks)
+        assert mask.sum() == np.floor(float(density[name]) * mask.size + 0.5), name
+        if 0 < mask.sum() < mask.size:
+            assert magnitude[mask].min() > magnitude[~mask].max(), name
+
+
+def test_magnitude_masks_break_ties_by_index_and_keep_dense_layers_dense():
+    params = {'a': {'kernel': jnp.zeros((2, 5))}, 'b': {'kernel': jnp.ones((3, 3))}}
+    m = masks.magnitude_weight_masks(params, {'a/kernel': 0.3, 'b/kernel': 1.0})
+    np.testing.assert_array_equal(m['a']['kernel'].reshape(-1), np.arange(10) < 3)
+    assert bool(m['b']['kernel'].all())
+
+
+def test_top_unit_masks_keep_the_random_counts_by_largest_score():
+    scores = jnp.asarray([[0.1, 0.9, 0.5, 0.7, 0.2], [3.0, 1.0, 1.0, 2.0, 0.0]])
+    m = np.asarray(masks.top_unit_masks(scores, 0.5))  # int(5 * 0.5) = 2 per block
+    np.testing.assert_array_equal(m, [[0, 1, 0, 1, 0], [1, 0, 0, 1, 0]])
+    random = masks.random_unit_masks(jax.random.key(0), 2, 5, 0.5)
+    assert (m.sum(1) == np.asarray(random).sum(1)).all()

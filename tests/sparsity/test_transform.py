@@ -200,3 +200,21 @@ def test_erk_budget_and_exact_counts_in_improved_mode():
     masks = _leaves(state.masks['weights'])
     density = sum(int(m.sum()) for m in masks) / sum(m.size for m in masks)
     assert abs(density - 0.4) < 0.002
+
+
+def test_magnitude_init_keeps_the_units_the_method_prunes_last():
+    """S²ViTE from trained weights: heads by the given Taylor scores, neurons by fc1/fc2 L1."""
+    from sparse_vit_jax.sparsity.transform import initial_masks
+
+    params = MODEL.init(jax.random.key(3), jnp.zeros((1, 16, 16, 3)))['params']
+    spec = _spec(True, 'improved', init='magnitude')
+    taylor = jnp.asarray([[0.3, 0.1, 0.4, 0.2], [1.0, 0.0, 0.5, 2.0]])
+    got = initial_masks(spec, params, jax.random.key(0), taylor)
+    np.testing.assert_array_equal(got['heads'], [[1, 0, 1, 0], [1, 0, 0, 1]])
+    for i in range(2):
+        mlp = params[f'blocks_{i}']['mlp']
+        l1 = np.abs(mlp['fc1']['kernel']).sum(0) + np.abs(mlp['fc2']['kernel']).sum(1)
+        kept = np.asarray(got['neurons'][i])
+        assert kept.sum() == 32 and l1[kept].min() > l1[~kept].max()
+    with pytest.raises(ValueError, match='needs the head Taylor scores'):
+        initial_masks(spec, params, jax.random.key(0))
