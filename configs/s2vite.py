@@ -2,7 +2,7 @@
 
     python tools/train.py --workdir runs/s2vite_s_70_60 \
         --config configs/s2vite.py:model=deit_small,head_density=0.7,neuron_density=0.6
-    python tools/export_slim.py --workdir runs/s2vite_s_70_60 --out runs/s2vite_s_70_60_slim
+    python tools/export.py --format slim --workdir runs/s2vite_s_70_60 --out runs/s2vite_slim
 
 Args:
   model: deit_tiny | deit_small | deit_base.

@@ -207,7 +207,7 @@ def test_export_tool_end_to_end(tiny_config, tmp_path):
     )
     run, out = str(tmp_path / 'run'), str(tmp_path / 'slim')
     loop.train_and_evaluate(config, run)
-    export = _tool('tools/export_slim.py', '--workdir', run, '--out', out, '--json')
+    export = _tool('tools/export.py', '--format=slim', '--workdir', run, '--out', out, '--json')
     assert export.returncode == 0, export.stderr[-3000:]
     report = json.loads(export.stdout.strip().splitlines()[-1])
     assert report['step'] == 6 and report['fidelity'] == 'reference'
@@ -265,7 +265,8 @@ def test_export_refuses_runs_without_unit_masks(tiny_config, tmp_path):
     checkpointer = Checkpointer(svite)
     checkpointer.save(state, {'config': config.to_dict()})
     checkpointer.wait()
-    result = _tool('tools/export_slim.py', '--workdir', svite, '--out', str(tmp_path / 'out'))
+    out = str(tmp_path / 'out')
+    result = _tool('tools/export.py', '--format=slim', '--workdir', svite, '--out', out)
     assert result.returncode != 0
     assert NO_UNIT_MASKS in result.stderr and 'method=svite' in result.stderr
     assert not os.path.exists(tmp_path / 'out')
