@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import threading
 
 # TensorFlow reads these when it loads, so tools import this module before anything that loads
 # it. Its INFO and WARNING lines off; and its oneDNN custom ops off, which also silences the
@@ -32,6 +33,11 @@ USER_ERRORS = (UserError, ValueError, OSError)
 
 def fail(message: str) -> NoReturn:
     print(f'error: {message}', file=sys.stderr, flush=True)
+    # The line above is the report. Background work the error abandoned (Orbax's concurrent
+    # reads of a damaged checkpoint, its writer threads on a full disk) may still raise while
+    # the interpreter shuts down; its "Exception ignored" tracebacks would only bury the line.
+    sys.unraisablehook = lambda unraisable: None
+    threading.excepthook = lambda args: None
     sys.exit(1)
 
 

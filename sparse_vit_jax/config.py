@@ -386,12 +386,62 @@ def _check_batches(c: ml_collections.ConfigDict) -> None:
     sharding_lib.local_batch_size(eval_batch, 'config.data.eval_batch_size')
 
 
+def _numbers(tree: Any, prefix: str = 'config'):
+    """(dotted name, value) of every number in a config, sequences included."""
+    for key, value in tree.items():
+        name = f'{prefix}.{key}'
+        if isinstance(value, (dict, ml_collections.ConfigDict)):
+            yield from _numbers(value, name)
+        elif isinstance(value, (list, tuple)):
+            yield from ((f'{name}[{i}]', v) for i, v in enumerate(value))
+        else:
+            yield name, value
+
+
+# Bounds on fields whose absurd values would otherwise fail late or train nonsense.
+_AT_LEAST_0 = (lambda v: v >= 0, '>= 0')
+_ABOVE_0 = (lambda v: v > 0, '> 0')
+_FRACTION = (lambda v: 0 <= v <= 1, 'in [0, 1]')
+_DECAY = (lambda v: 0 <= v < 1, 'in [0, 1)')
+_RANGES = {
+    'optimizer.warmup_epochs': _AT_LEAST_0,
+    'optimizer.warmup_lr': _AT_LEAST_0,
+    'optimizer.min_lr': _AT_LEAST_0,
+    'optimizer.weight_decay': _AT_LEAST_0,
+    'optimizer.grad_clip_norm': _AT_LEAST_0,
+    'optimizer.eps': _ABOVE_0,
+    'optimizer.b1': _DECAY,
+    'optimizer.b2': _DECAY,
+    'ema_decay': _DECAY,
+    'mixup.mixup_alpha': _AT_LEAST_0,
+    'mixup.cutmix_alpha': _AT_LEAST_0,
+    'mixup.prob': _FRACTION,
+    'mixup.switch_prob': _FRACTION,
+    'eval_every_epochs': _ABOVE_0,
+    'data.shuffle_buffer': _AT_LEAST_0,
+}
+
+
+def _check_numbers(c: ml_collections.ConfigDict) -> None:
+    """Every number finite (an infinite epoch count or a NaN rate is a typo), and the fields of
+    _RANGES in range."""
+    for name, value in _numbers(c):
+        if isinstance(value, float):
+            _check(math.isfinite(value), f'{name}={value} is not a finite number')
+    for field, (ok, bounds) in _RANGES.items():
+        value = c
+        for part in field.split('.'):
+            value = value[part]
+        _check(ok(value), f'config.{field} must be {bounds}, got {value}')
+
+
 def validate(c: ml_collections.ConfigDict) -> None:
     """Rejects out-of-range values with a message that names the field and the fix.
 
     Batch sizes are checked against this process's JAX devices too, so call it where the run
     will happen (after jax.distributed.initialize on a pod).
     """
+    _check_numbers(c)
     name = ALIASES.get(c.model.name, c.model.name)
     _check(
         name in MODEL_CONFIGS,

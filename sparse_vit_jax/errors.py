@@ -16,3 +16,7 @@ class NonFiniteError(UserError):
 
 class DatasetNotPreparedError(UserError, FileNotFoundError):
     """The TFDS dataset has not been prepared in the data directory."""
+
+
+class DiskFullError(CheckpointError):
+    """A checkpoint could not be written for want of space; earlier checkpoints are intact."""

@@ -9,13 +9,13 @@ dense (the slim model has no masks). ``meta['slim_export']`` records where it ca
 from __future__ import annotations
 
 import copy
-import os
 from typing import Any
 
 from sparse_vit_jax import config as config_lib
+from sparse_vit_jax import paths
 from sparse_vit_jax.models import slim as slim_lib
-from sparse_vit_jax.train import evaluation
 from sparse_vit_jax.train.checkpoint import Checkpointer
+from sparse_vit_jax.train.restore import RestoredModel, restore_model
 
 
 class SlimExportError(ValueError):
@@ -33,10 +33,11 @@ def slim_run_config(config: dict[str, Any], overrides: dict[str, Any]) -> dict[s
     return config
 
 
-def _restore_structured_run(workdir: str, step: int | None):
-    """The restored model (`evaluation.restore_model`: the run's model and token selectors,
-    params and masks) of a structured run's checkpoint; refuses other runs."""
-    restored = evaluation.restore_model(workdir, step=step)
+def _restore_structured_run(workdir: str, step: int | None) -> RestoredModel:
+    """The restored model (`restore.restore_model`: the run's model and token selectors,
+    params and masks, on this machine's devices) of a structured run's checkpoint; refuses
+    other runs."""
+    restored = restore_model(workdir, step=step)
     name = restored.config.sparsity.method
     if not config_lib.method(name).structured or restored.masks is None:
         raise SlimExportError(
@@ -58,7 +59,7 @@ def export_slim(workdir: str, out: str, step: int | None = None) -> dict[str, An
         slim_lib.unit_masks(masks)
     except ValueError as error:
         raise SlimExportError(str(error)) from None
-    meta = Checkpointer(workdir, create=False).meta(restored.step)
+    meta = restored.meta
     fidelity = meta['config']['sparsity']['fidelity']
     params_slim, overrides = slim_lib.slim_params(
         params, masks, fidelity=fidelity, head_dim=restored.model.resolved_head_dim
@@ -67,7 +68,7 @@ def export_slim(workdir: str, out: str, step: int | None = None) -> dict[str, An
     if target.latest_step() is not None:
         raise SlimExportError(f'{target.directory} already holds checkpoints; use a new --out')
     source = {
-        'workdir': os.path.abspath(workdir),
+        'workdir': str(paths.resolve(workdir)),
         'step': meta['step'],
         'method': meta['config']['sparsity']['method'],
         'fidelity': fidelity,
@@ -83,4 +84,5 @@ def export_slim(workdir: str, out: str, step: int | None = None) -> dict[str, An
         'slim_export': source,
     }
     target.save_model(meta['step'], params_slim, None, slim_meta)
+    target.close()
     return {'out': target.directory, **source}

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import statistics
 from typing import Any, Iterable
+
+from sparse_vit_jax import paths
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,23 +148,24 @@ ROWS = {row.name: row for row in STUDY + ABLATIONS}
 
 
 def read_log(path: str) -> list[dict[str, Any]]:
-    """The records of a run log (missing file: none); a torn last line is ignored."""
-    if not os.path.exists(path):
+    """The records of a run log, local or in a bucket (missing file: none); a torn last line is
+    ignored."""
+    log = paths.resolve(path)
+    if not log.exists():
         return []
     records = []
-    with open(path) as f:
-        for line in f:
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
+    for line in log.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
     return records
 
 
 def append_log(path: str, record: dict[str, Any]) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, 'a') as f:
-        f.write(json.dumps(record) + '\n')
+    log = paths.AppendOnlyFile(path)
+    log.append(json.dumps(record))
+    log.close()
 
 
 def finished(records: Iterable[dict], row: Row, seed: int) -> dict | None:

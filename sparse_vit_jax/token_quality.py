@@ -12,13 +12,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 
 from sparse_vit_jax import data as data_lib
 from sparse_vit_jax.models import create_model_from_config
 from sparse_vit_jax.train import evaluation
-from sparse_vit_jax.train import sharding as sharding_lib
+from sparse_vit_jax.train.restore import restore_model
 
 
 def _with_scorer(params: Any, scale: float) -> Any:
@@ -33,13 +32,12 @@ def selection_quality(workdir: str, data_dir: str | None = None) -> dict[str, An
     """Top-1 of `workdir`'s latest checkpoint with its learned selection ('learned'), a uniformly
     random one ('random': a flat scorer under Gumbel noise), the lowest-ranked tokens ('lowest'),
     and for runs trained with zeroed tokens, its selection with the others dropped ('dropped')."""
-    restored = evaluation.restore_model(workdir, data_dir=data_dir)
+    restored = restore_model(workdir, data_dir=data_dir)
     config = restored.config
     if not config.tokens.keep:
         raise ValueError(f'{workdir} selects no tokens (config.tokens.keep is 0)')
     _, eval_input = data_lib.make_inputs(config)
-    mesh = sharding_lib.make_mesh(config.mesh)
-    params = jax.device_put(restored.params, sharding_lib.replicated(mesh))
+    mesh, params = restored.mesh, restored.params
 
     def top1(params: Any, **tokens: Any) -> float:
         model = create_model_from_config(config.model, dict(config.tokens.to_dict(), **tokens))

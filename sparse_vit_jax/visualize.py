@@ -5,18 +5,16 @@ returns the paths it wrote (default folder: WORKDIR/plots); nothing here prints.
 
 from __future__ import annotations
 
+import io
 import json
-import os
 
 import numpy as np
 
 from sparse_vit_jax import data as data_lib
-from sparse_vit_jax import plots
-from sparse_vit_jax.errors import CheckpointError
+from sparse_vit_jax import paths, plots
 from sparse_vit_jax.models import token_selector
-from sparse_vit_jax.train import evaluation
-from sparse_vit_jax.train.checkpoint import Checkpointer
-from sparse_vit_jax.train.metrics import read_metrics
+from sparse_vit_jax.train.metrics import METRICS_FILE, read_metrics
+from sparse_vit_jax.train.restore import restore_model, saved_config
 
 
 def eval_images(config, count: int) -> np.ndarray:
@@ -36,7 +34,7 @@ def render_tokens(
     workdir: str, out_dir: str | None = None, num_images: int = 8, *, step=None, data_dir=None
 ) -> list[str]:
     """Writes the token-selection figure of a run's checkpoint; returns the paths written."""
-    restored = evaluation.restore_model(workdir, step=step, data_dir=data_dir)
+    restored = restore_model(workdir, step=step, data_dir=data_dir)
     config = restored.config
     images = eval_images(config, num_images)
     kept = token_selector.kept_patches(
@@ -53,22 +51,16 @@ def render_tokens(
 
 
 def plots_dir(workdir: str) -> str:
-    return os.path.join(workdir, 'plots')
+    return paths.join(workdir, 'plots')
 
 
-def save(figure, out_dir: str, name: str) -> str:
-    os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, name)
-    figure.savefig(path, dpi=120)
+def save(figure, out_dir: str, name: str, dpi: int = 120) -> str:
+    """Writes the figure as a PNG (local folder or bucket); returns its path."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format='png', dpi=dpi)
+    path = paths.join(out_dir, name)
+    paths.write_atomic(path, buffer.getvalue())
     return path
-
-
-def run_config(workdir: str) -> dict | None:
-    """The run's config from its latest checkpoint, or None when it has none (yet)."""
-    try:
-        return Checkpointer(workdir, create=False).meta()['config']
-    except CheckpointError:
-        return None
 
 
 def _title(config: dict | None, what: str) -> str:
@@ -83,7 +75,7 @@ def sparsity_history(workdir: str) -> tuple[list[dict], dict, int]:
     records = read_metrics(workdir, 'sparsity')
     if not records:
         raise ValueError(
-            f'no sparsity records in {os.path.join(workdir, "metrics.jsonl")}: density and head '
+            f'no sparsity records in {paths.join(workdir, METRICS_FILE)}: density and head '
             'plots need a sparse run (method svite, s2vite, sviteplus or s2viteplus) that has '
             'updated its topology at least once'
         )
@@ -100,7 +92,7 @@ def render_density(workdir: str, out_dir: str | None = None) -> list[str]:
         history['density'],
         history['moved'],
         history['fired_density'],
-        title=_title(run_config(workdir), f'sparsity after step {step}'),
+        title=_title(saved_config(workdir), f'sparsity after step {step}'),
     )
     return [save(figure, out_dir or plots_dir(workdir), f'density_step{step}.png')]
 
@@ -122,7 +114,7 @@ def render_heads(workdir: str, out_dir: str | None = None) -> list[str]:
         raise ValueError(
             f'{workdir} is not a structured run: head plots need method s2vite or s2viteplus'
         )
-    config = run_config(workdir)
+    config = saved_config(workdir)
     neurons, fraction = _neuron_values(history, config)
     figure = plots.heads_figure(
         history['steps'],
@@ -137,10 +129,9 @@ def render_heads(workdir: str, out_dir: str | None = None) -> list[str]:
 
 def render_accuracy(results_path: str, out_dir: str | None = None) -> list[str]:
     """Top-1 against GMACs across the runs listed in `results_path`."""
-    with open(results_path) as f:
-        results = json.load(f)
+    results = json.loads(paths.resolve(results_path).read_text())
     figure = plots.accuracy_vs_flops_figure(results, title='top-1 vs FLOPs')
-    out_dir = out_dir or os.path.join(os.path.dirname(os.path.abspath(results_path)), 'plots')
+    out_dir = out_dir or paths.join(paths.resolve(results_path).parent, 'plots')
     return [save(figure, out_dir, 'accuracy_vs_flops.png')]
 
 
@@ -149,20 +140,20 @@ def render_all(
 ) -> list[str]:
     """Every plot that applies: density (sparse runs), heads (structured), tokens (a token
     selector and a checkpoint), accuracy (with a results file)."""
-    config = run_config(workdir)
+    config = saved_config(workdir)
     records = read_metrics(workdir, 'sparsity')
-    paths = []
+    written = []
     if records:
-        paths += render_density(workdir, out_dir)
+        written += render_density(workdir, out_dir)
         if 'active_heads' in records[-1]:
-            paths += render_heads(workdir, out_dir)
+            written += render_heads(workdir, out_dir)
     if config is not None and config['tokens']['keep']:
-        paths += render_tokens(workdir, out_dir, **token_args)
+        written += render_tokens(workdir, out_dir, **token_args)
     if results:
-        paths += render_accuracy(results, out_dir or plots_dir(workdir))
-    if not paths:
+        written += render_accuracy(results, out_dir or plots_dir(workdir))
+    if not written:
         raise ValueError(
             f'nothing to plot for {workdir}: no sparsity records, no token selector'
             + ('' if config else ', no checkpoint')
         )
-    return paths
+    return written

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from etils import epath
 
+from sparse_vit_jax import paths
 from sparse_vit_jax.convert import unwrap
 
 # What a weight file may be called; anything else given as init_from is a workdir.
@@ -33,7 +34,7 @@ def is_weight_file(path: str) -> bool:
 
 
 def _read(path: str) -> bytes:
-    file = epath.Path(path)
+    file = paths.resolve(path)  # local or a bucket
     if not file.exists():
         raise FileNotFoundError(f'weights file {path} does not exist')
     return file.read_bytes()
@@ -74,7 +75,7 @@ def save_safetensors(state: Mapping[str, np.ndarray], path: str, metadata=None) 
     from safetensors.numpy import save
 
     arrays = {name: np.ascontiguousarray(value) for name, value in state.items()}
-    epath.Path(path).write_bytes(save(arrays, metadata=metadata))
+    paths.write_atomic(path, save(arrays, metadata=metadata))
 
 
 def _load_npz(path: str, data: bytes) -> dict[str, np.ndarray]:

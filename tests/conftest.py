@@ -1,5 +1,6 @@
 """Shared fixtures: real TFDS datasets (a tiny hand-made one, and Fashion-MNIST), tiny configs,
-and a runner for code that needs several simulated CPU devices (set before JAX starts)."""
+a runner for code that needs several simulated CPU devices (set before JAX starts), and a real
+local GCS server for gs:// paths."""
 
 from __future__ import annotations
 
@@ -124,6 +125,25 @@ def _run_with_devices(code: str, devices: int = 8, timeout: int = 600, xla_flags
 def tiny_config(tiny_data_dir):
     """tiny_config(arg=None, **{'dotted.key': value}) -> a run config on the tiny dataset."""
     return functools.partial(_tiny_config, tiny_data_dir)
+
+
+@pytest.fixture(scope='session')
+def gcs_emulator():
+    """A local GCS server (fake-gcs-server, in memory, a free port on 127.0.0.1) holding an
+    empty bucket 'bucket', reached through STORAGE_EMULATOR_HOST by this process and its
+    children; stopped at the end of the session."""
+    from sparse_vit_jax import gcs_emulator
+
+    previous = os.environ.get('STORAGE_EMULATOR_HOST')
+    with gcs_emulator.Emulator(buckets=('bucket',)) as server:
+        os.environ['STORAGE_EMULATOR_HOST'] = server.url
+        try:
+            yield server
+        finally:
+            if previous is None:
+                os.environ.pop('STORAGE_EMULATOR_HOST', None)
+            else:
+                os.environ['STORAGE_EMULATOR_HOST'] = previous
 
 
 @pytest.fixture(scope='session')

@@ -242,6 +242,7 @@ def test_tool_writes_a_checkpoint_evaluate_can_restore(tmp_path, suffix):
     from safetensors.numpy import save_file
 
     from sparse_vit_jax.train.checkpoint import Checkpointer
+    from sparse_vit_jax.train.restore import restore_model
 
     state = random_state_dict(timm_layout(**SMALL_SIZES))
     weights = tmp_path / f'deit.{suffix}'
@@ -260,8 +261,8 @@ def test_tool_writes_a_checkpoint_evaluate_can_restore(tmp_path, suffix):
     config = meta['config']
     assert config['model']['name'] == 'vit_test' and config['model']['image_size'] == 32
     assert config['data']['name'] == 'imagenet2012'  # the DeiT eval recipe
-    model = create_model_from_config(config['model'])  # what evaluate.py rebuilds
-    params, masks = checkpointer.restore_model(convert.param_shapes(model))
+    restored = restore_model(str(workdir))  # what evaluate.py restores
+    params, masks = restored.params, restored.masks
     assert masks is None
     expected = convert.from_timm(state)
     assert jax.tree.structure(params) == jax.tree.structure(expected)

@@ -4,6 +4,7 @@
       [--warmup 2] [--dtype float32|bfloat16] [--vs_timm] [--json]
   python tools/benchmark.py train --config configs/s2vite.py:model=deit_small --batch 64 --json
   python tools/benchmark.py infer --config configs/sviteplus.py:keep_tokens=138 --batch 64 --json
+  python tools/benchmark.py infer --checkpoint runs/s2vite_slim --batch 64 [--json]
   python tools/benchmark.py input [--config configs/dense.py:model=deit_tiny] --num_images 512 \
       [--augment full|light] [--train_demand_model deit_tiny_patch16_224] [--json]
 
@@ -26,6 +27,8 @@ config's (or --model's) train step at global --batch on the config's mesh over a
 devices, per device, compiled but never run; --topology compiles for a TPU slice with the TPU
 compiler (libtpu installed, no TPU needed). input: the production ImageNet pipeline on
 --num_images fake 375×500 JPEGs, optionally against a model's train-step demand.
+infer --checkpoint: the forward of a workdir's own model and weights (a run or an export,
+local or gs://), restored onto this machine's devices.
 """
 
 import json
@@ -83,6 +86,7 @@ _TOPOLOGY = flags.DEFINE_string(
     'memory: compile for this TPU slice instead of the local devices (e.g. v5e:2x4, '
     'v4:2x2x2; needs libtpu installed, not a TPU).',
 )
+_CHECKPOINT = flags.DEFINE_string('checkpoint', None, "infer: time this workdir's checkpoint.")
 _JSON = flags.DEFINE_bool('json', False, 'Print one JSON object.')
 
 
@@ -110,6 +114,10 @@ def run_command(command: str) -> dict:
             workdir=_WORKDIR.value,
             step_seconds=_STEP_MS.value / 1e3,
         )
+    if _CHECKPOINT.value:
+        if command != 'infer' or _MODEL.value or _CONFIG.value or _VS_TIMM.value:
+            raise app.UsageError('--checkpoint goes with infer alone (no --model, --config)')
+        return benchmark.checkpoint_speed(_CHECKPOINT.value, dtype=_DTYPE.value, **common)
     if (_MODEL.value is None) == (_CONFIG.value is None):
         raise app.UsageError(f'{command} needs exactly one of --model and --config')
     if command == 'memory':

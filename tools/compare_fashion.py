@@ -22,9 +22,10 @@ import time
 import ml_collections
 from absl import flags
 
-from sparse_vit_jax import cli, flops, plots, study
-from sparse_vit_jax.train.checkpoint import Checkpointer
+from sparse_vit_jax import cli, flops, paths, plots, study
 from sparse_vit_jax.train.metrics import read_metrics
+from sparse_vit_jax.train.restore import saved_config
+from sparse_vit_jax.visualize import save as save_figure
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -59,13 +60,17 @@ def train_seconds(workdir: str, batch: int) -> float:
 
 def run_one(row: study.Row, seed: int) -> dict:
     """Trains (or resumes) and evaluates one run; returns its log record."""
-    workdir = os.path.join(_RUNS.value, f'{row.name}_s{seed}')
+    workdir = paths.join(_RUNS.value, f'{row.name}_s{seed}')
     load, commit = os.getloadavg()[0], _git_commit()
     start = time.time()
     command = _python('tools/train.py', '--config', row.config_arg(seed), *row.flags())
-    with open(os.path.join(_RUNS.value, f'{row.name}_s{seed}.log'), 'a') as log:
-        command += ['--workdir', workdir]
-        subprocess.run(command, cwd=REPO, check=True, stdout=log, stderr=log)
+    command += ['--workdir', workdir]
+    log = paths.AppendOnlyFile(paths.join(_RUNS.value, f'{row.name}_s{seed}.log'))
+    try:
+        with open(log.local_path, 'a') as output:
+            subprocess.run(command, cwd=REPO, check=True, stdout=output, stderr=output)
+    finally:
+        log.close()  # in a bucket: uploaded whole
     wall = time.time() - start
     evaluated = subprocess.run(
         _python('tools/evaluate.py', '--workdir', workdir, '--json'),
@@ -85,7 +90,7 @@ def run_one(row: study.Row, seed: int) -> dict:
             text=True,
         )
         quality = json.loads(selection.stdout.strip().splitlines()[-1])
-    config = ml_collections.ConfigDict(Checkpointer(workdir, create=False).meta()['config'])
+    config = ml_collections.ConfigDict(saved_config(workdir))
     macs = flops.report_from_config(config, xla=False)
     return {
         'name': row.name,
@@ -124,8 +129,7 @@ def main(argv):
     if unknown:
         raise ValueError(f'unknown rows {unknown}; --list shows them')
     rows = [study.ROWS[name] for name in names]
-    log_path = os.path.join(_RUNS.value, 'log.jsonl')
-    os.makedirs(_RUNS.value, exist_ok=True)
+    log_path = paths.join(_RUNS.value, 'log.jsonl')
     done = study.read_log(log_path)
     todo = []  # seed by seed, so that an interrupted study has every row at the same seeds
     for seed in [int(s) for s in _SEEDS.value] or range(max(row.seeds for row in rows)):
@@ -151,18 +155,14 @@ def main(argv):
                 flush=True,
             )
     summary = study.summarize(study.read_log(log_path), rows)
-    with open(os.path.join(_RUNS.value, 'summary.json'), 'w') as f:
-        json.dump(summary, f, indent=1)
+    paths.write_atomic(paths.join(_RUNS.value, 'summary.json'), json.dumps(summary, indent=1))
     table = study.markdown(summary)
     print(table)
     if _MARKDOWN.value:
-        with open(_MARKDOWN.value, 'w') as f:
-            f.write(table)
+        paths.write_atomic(_MARKDOWN.value, table)
     if _FIGURE.value:
         figure = plots.study_figure(summary, title='Fashion-MNIST: test top-1 vs MACs per image')
-        os.makedirs(_FIGURE.value, exist_ok=True)
-        path = os.path.join(_FIGURE.value, 'accuracy_vs_macs.png')
-        figure.savefig(path, dpi=150)
+        path = save_figure(figure, _FIGURE.value, 'accuracy_vs_macs.png', dpi=150)
         print(f'[study] figure: {path}')
 
 

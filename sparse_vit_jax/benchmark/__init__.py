@@ -6,6 +6,8 @@
   topology update amortized over ΔT;
 - `inference_saving(config, ...)`: the deployed slim / token-dropping model against dense,
   with the FLOPs saving it should approach;
+- `checkpoint_speed(workdir, ...)`: the forward of a checkpoint's own model and weights, restored
+  onto the devices at hand;
 - `input_speed(config, ...)`: the production ImageNet input pipeline on fake 375×500 JPEGs.
 
 Numbers are medians over timed steps after warm-up, each step timed to completion; whatever is
@@ -13,7 +15,12 @@ compared is measured in alternating blocks in one process (`timing.alternate`). 
 `input_speed` needs TensorFlow; it is imported on first use.
 """
 
-from sparse_vit_jax.benchmark.measure import inference_saving, model_speed, sparse_train_overhead
+from sparse_vit_jax.benchmark.measure import (
+    checkpoint_speed,
+    inference_saving,
+    model_speed,
+    sparse_train_overhead,
+)
 from sparse_vit_jax.benchmark.timing import Runner, Timings, alternate
 
 
@@ -29,6 +36,7 @@ __all__ = [
     'Runner',
     'Timings',
     'alternate',
+    'checkpoint_speed',
     'inference_saving',
     'input_speed',
     'model_speed',

@@ -4,7 +4,8 @@
 - `sparse_train_overhead`: a config's sparse train step against its dense counterpart, the
   topology update amortized over ΔT;
 - `inference_saving`: the model a config deploys (slim S²ViTE, token dropping) against the
-  dense one, with the FLOPs saving it should approach.
+  dense one, with the FLOPs saving it should approach;
+- `checkpoint_speed`: the forward of a trained or exported checkpoint's own model and weights.
 
 Two things compared are always measured alternately (see `timing.alternate`).
 """
@@ -23,6 +24,7 @@ from sparse_vit_jax.models import create_model_from_config, model_kwargs
 from sparse_vit_jax.models import slim as slim_lib
 from sparse_vit_jax.sparsity import api as sparsity_api
 from sparse_vit_jax.sparsity import masks as masks_lib
+from sparse_vit_jax.train import restore as restore_lib
 
 MODES = ('train', 'infer')
 
@@ -321,4 +323,31 @@ def inference_saving(
         'dense_gmacs': report['dense_gmacs'],
         'measurements': sides,
     }
+    return timing.finish(result, timings)
+
+
+# ----------------------------------------------------------------------------- a checkpoint
+
+
+def checkpoint_speed(
+    workdir: str, *, batch: int, steps: int, warmup: int = 2, dtype: str | None = None
+) -> dict[str, Any]:
+    """images/s of the evaluation forward of a workdir's checkpoint (e.g. a slim export): its
+    own model and weights, restored onto this machine's devices whatever wrote them."""
+    restored = restore_lib.restore_model(workdir)
+    config = jax_bench.with_batch(restored.config, batch, dtype)
+    config.mesh.update(data=-1, fsdp=restored.mesh.shape['fsdp'])  # a mesh these devices fit
+    model = restore_lib.model_from_config(config)  # in the compute dtype asked for
+    bench = jax_bench.InferBench(config, model, restored.params, batch)
+    timings = timing.alternate([bench.runner('model', per_block=steps, warmup=warmup)], 1)
+    result = dict(
+        mode='infer',
+        workdir=workdir,
+        step=restored.step,
+        model=config.model.name,
+        batch=batch,
+        dtype=config.model.dtype,
+        warmup=warmup,
+    )
+    result.update(_side(bench, timings.seconds['model'], batch))
     return timing.finish(result, timings)

@@ -19,6 +19,8 @@ from typing import Callable
 import tensorflow_datasets as tfds
 from tensorflow_datasets.image_classification import mnist
 
+from sparse_vit_jax import paths
+
 # The four files of the dataset, keyed like TFDS's MNIST builder keys them.
 IDX_FILES = {
     'train_data': 'train-images-idx3-ubyte',
@@ -72,7 +74,7 @@ class _FashionMNISTFromIDX(mnist.FashionMNIST, skip_registration=True):
 
 def is_prepared(data_dir: str | None) -> bool:
     builder = tfds.builder('fashion_mnist', data_dir=data_dir)
-    return os.path.exists(os.path.join(builder.data_dir, 'dataset_info.json'))
+    return paths.resolve(paths.join(builder.data_dir, 'dataset_info.json')).exists()
 
 
 def tfds_source_reachable(timeout: float = 3.0) -> bool:
@@ -136,8 +138,11 @@ def locate_idx_files(idx_dir: str | None, cache_dir: str, log: Log) -> dict[str,
 
 
 def default_cache_dir(data_dir: str | None) -> str:
-    """TFDS's downloads folder of `data_dir`, where a fetched Debian package is kept."""
+    """TFDS's downloads folder of `data_dir`, where a fetched Debian package is kept (the
+    system temp dir when the data goes to a bucket: the package is unpacked locally)."""
     builder = tfds.builder('fashion_mnist', data_dir=data_dir)
+    if paths.is_remote(builder.data_dir):
+        return os.path.join(tempfile.gettempdir(), 'fashion_mnist_downloads')
     return os.path.join(os.path.dirname(os.path.dirname(builder.data_dir)), 'downloads')
 
 

@@ -19,6 +19,7 @@ synthetic manual_dir in the same format (tests, benchmarks), and
 classes (`tools/prepare_data.py imagenet2012 --fake N`, a smoke test).
 """
 
+import contextlib
 import io
 import logging
 import os
@@ -30,6 +31,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from sparse_vit_jax import paths
 from sparse_vit_jax.data import pipeline
 
 TRAIN_TAR = 'ILSVRC2012_img_train.tar'
@@ -51,11 +53,16 @@ def imagenet_wnids():
     return path.read_text().split()
 
 
+@contextlib.contextmanager
 def _open_tar(path, what):
-    try:
-        return tarfile.open(path, mode='r:*')
-    except tarfile.TarError as e:
-        raise ValueError(f'{path} is not a readable tar archive ({e}). {what}') from e
+    """The tar at `path`, read through the path layer (the tars may sit in a bucket)."""
+    with paths.resolve(path).open('rb') as f:
+        try:
+            tar = tarfile.open(fileobj=f, mode='r:*')
+        except tarfile.TarError as e:
+            raise ValueError(f'{path} is not a readable tar archive ({e}). {what}') from e
+        with tar:
+            yield tar
 
 
 def _check_train_tar(path, known_wnids, check_inner_members):
@@ -163,21 +170,18 @@ def check_manual_dir(manual_dir, *, check_inner_members=False):
       ValueError: a tar is malformed; the message says what and how to fix it.
     """
     manual_dir = os.fspath(manual_dir)
-    if not os.path.isdir(manual_dir):
+    folder = paths.resolve(manual_dir)
+    if not folder.is_dir():
         raise FileNotFoundError(f'ImageNet manual_dir {manual_dir!r} does not exist. {_HOW_TO_GET}')
-    missing = [
-        name for name in (TRAIN_TAR, VAL_TAR) if not os.path.isfile(os.path.join(manual_dir, name))
-    ]
+    missing = [name for name in (TRAIN_TAR, VAL_TAR) if not (folder / name).is_file()]
     if missing:
-        present = sorted(os.listdir(manual_dir))[:10]
+        present = sorted(p.name for p in folder.iterdir())[:10]
         raise FileNotFoundError(
             f'ImageNet manual_dir {manual_dir!r} lacks {missing} (it contains '
             f'{present}). {_HOW_TO_GET}'
         )
-    _check_train_tar(
-        os.path.join(manual_dir, TRAIN_TAR), set(imagenet_wnids()), check_inner_members
-    )
-    _check_val_tar(os.path.join(manual_dir, VAL_TAR))
+    _check_train_tar(paths.join(manual_dir, TRAIN_TAR), set(imagenet_wnids()), check_inner_members)
+    _check_val_tar(paths.join(manual_dir, VAL_TAR))
 
 
 class _NoTestSplitWarning(logging.Filter):
@@ -342,14 +346,15 @@ def write_fake_manual_dir(
     """
     if corrupt > len(wnids) * images_per_class:
         raise ValueError(f'corrupt={corrupt} exceeds the number of train images')
-    os.makedirs(path, exist_ok=True)
+    folder = paths.resolve(path)  # local or a bucket
+    folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
 
     def jpeg():
         return tf.io.encode_jpeg(synthetic_image(rng, image_shape), quality=90).numpy()
 
     broken = 0
-    with tarfile.open(os.path.join(path, TRAIN_TAR), 'w') as outer:
+    with (folder / TRAIN_TAR).open('wb') as f, tarfile.open(fileobj=f, mode='w') as outer:
         for wnid in wnids:
             inner_bytes = io.BytesIO()
             with tarfile.open(fileobj=inner_bytes, mode='w') as inner:
@@ -360,7 +365,7 @@ def write_fake_manual_dir(
                         broken += 1
                     _add_bytes(inner, f'{wnid}_{k}.JPEG', data)
             _add_bytes(outer, f'{wnid}.tar', inner_bytes.getvalue())
-    with tarfile.open(os.path.join(path, VAL_TAR), 'w') as val:
+    with (folder / VAL_TAR).open('wb') as f, tarfile.open(fileobj=f, mode='w') as val:
         for i in range(1, num_val + 1):
             _add_bytes(val, f'ILSVRC2012_val_{i:08d}.JPEG', jpeg())
     return path

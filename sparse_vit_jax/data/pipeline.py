@@ -16,7 +16,6 @@ import concurrent.futures
 import dataclasses
 import functools
 import math
-import os
 from typing import Any, Callable, Iterator, Mapping
 
 import jax
@@ -24,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from sparse_vit_jax import paths
 from sparse_vit_jax.errors import DatasetNotPreparedError
 from sparse_vit_jax.train.sharding import local_batch_size
 
@@ -48,7 +48,7 @@ def is_prepared(builder: tfds.core.DatasetBuilder) -> bool:
     Unlike `builder.is_prepared()`, it does not log TFDS's warning that the version folder of a
     dataset not prepared yet "has no dataset_info.json".
     """
-    return tf.io.gfile.exists(os.path.join(builder.data_dir, 'dataset_info.json'))
+    return paths.resolve(paths.join(builder.data_dir, 'dataset_info.json')).exists()
 
 
 def prepare_hint(name: str, data_dir: str | None) -> str:

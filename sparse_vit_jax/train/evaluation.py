@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from typing import Any
 
@@ -12,6 +11,7 @@ import numpy as np
 
 from sparse_vit_jax.data import EvalInput, prefetch_to_device
 from sparse_vit_jax.train import sharding as sharding_lib
+from sparse_vit_jax.train.restore import restore_model
 from sparse_vit_jax.train.steps import eval_step
 
 
@@ -44,52 +44,6 @@ def evaluate(
     return {**{k: v / count for k, v in totals.items()}, 'num_examples': int(count)}
 
 
-@dataclasses.dataclass(frozen=True)
-class RestoredModel:
-    """A checkpoint's model without its optimizer state: what evaluation and plots need."""
-
-    config: Any  # the run's config (ml_collections.ConfigDict), with any data overrides
-    model: Any
-    params: Any
-    masks: dict | None
-    step: int
-
-    @property
-    def forward_masks(self) -> Any:
-        """The masks the forward pass takes (head/neuron gates in improved structured mode)."""
-        from sparse_vit_jax.sparsity import api as sparsity_api
-
-        return sparsity_api.forward_masks(self.masks, self.config.sparsity.fidelity)
-
-
-def restore_model(
-    workdir: str, *, step: int | None = None, data_dir: str | None = None, split: str | None = None
-) -> RestoredModel:
-    """The model, params and masks of a workdir's latest (or given) checkpoint, params on host.
-
-    data_dir and split override the config's eval data (for `make_inputs` on the result).
-    """
-    import ml_collections
-
-    from sparse_vit_jax.models import create_model_from_config
-    from sparse_vit_jax.train.checkpoint import Checkpointer
-    from sparse_vit_jax.train.state import init_params
-
-    checkpointer = Checkpointer(workdir, create=False)
-    meta = checkpointer.meta(step)
-    config = ml_collections.ConfigDict(meta['config'])
-    if data_dir is not None:
-        config.data.data_dir = data_dir
-    if split is not None:
-        config.data.eval_split = split
-    model = create_model_from_config(config.model, config.get('tokens'))
-    channels = len(config.data.mean)
-    shape = (config.model.image_size, config.model.image_size, channels)
-    params_shape = jax.eval_shape(lambda: init_params(model, jax.random.key(0), shape))
-    params, masks = checkpointer.restore_model(params_shape, step=meta['step'])
-    return RestoredModel(config, model, params, masks, meta['step'])
-
-
 def evaluate_checkpoint(
     workdir: str, *, step: int | None = None, data_dir: str | None = None, split: str | None = None
 ) -> dict[str, Any]:
@@ -102,10 +56,8 @@ def evaluate_checkpoint(
     from sparse_vit_jax.train.report import describe, params_fingerprint
 
     restored = restore_model(workdir, step=step, data_dir=data_dir, split=split)
-    config = restored.config
+    config, params, mesh = restored.config, restored.params, restored.mesh
     _, eval_input = data_lib.make_inputs(config)
-    mesh = sharding_lib.make_mesh(config.mesh)
-    params = jax.device_put(restored.params, sharding_lib.replicated(mesh))
     eval_fn = make_eval_fn(restored.model, mesh)
     results = evaluate(eval_fn, params, restored.forward_masks, eval_input, mesh, config.seed)
     return {

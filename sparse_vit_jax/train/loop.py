@@ -11,26 +11,29 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
-import tempfile
+import re
 import time
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 
 from sparse_vit_jax import config as config_lib
 from sparse_vit_jax import data as data_lib
-from sparse_vit_jax import pretrained
-from sparse_vit_jax.errors import CheckpointError, NonFiniteError
+from sparse_vit_jax import paths, pretrained
+from sparse_vit_jax.errors import NonFiniteError, UserError
 from sparse_vit_jax.layer_order import in_model_order
 from sparse_vit_jax.models import create_model_from_config
 from sparse_vit_jax.sparsity import api as sparsity_api
 from sparse_vit_jax.train import evaluation
 from sparse_vit_jax.train import optimizer as optimizer_lib
+from sparse_vit_jax.train import record as record_lib
+from sparse_vit_jax.train import restore as restore_lib
 from sparse_vit_jax.train import sharding as sharding_lib
 from sparse_vit_jax.train.checkpoint import Checkpointer
+from sparse_vit_jax.train.lease import Lease
 from sparse_vit_jax.train.metrics import MetricWriter
 from sparse_vit_jax.train.preemption import PreemptionWatcher
 from sparse_vit_jax.train.state import TrainState, create_train_state, init_params
@@ -46,16 +49,22 @@ def image_shape(config: ml_collections.ConfigDict) -> tuple:
     return (config.model.image_size, config.model.image_size, len(config.data.mean))
 
 
-def check_writable(workdir: str) -> None:
-    """Fails early, before any work, when checkpoints could not be written."""
-    try:
-        os.makedirs(workdir, exist_ok=True)
-        with tempfile.TemporaryFile(dir=workdir):
-            pass
-    except OSError as error:
-        raise PermissionError(
-            f'workdir {workdir} is not writable ({error.strerror}); choose another --workdir'
-        ) from None
+def check_processes_agree(**values: int) -> None:
+    """Every process must compute the same step counts (else they deadlock at the end of the
+    shortest); refuses a disagreement in one line, before step 1."""
+    if jax.process_count() == 1:
+        return
+    local = np.asarray(list(values.values()), np.int64)
+    everyone = np.asarray(multihost_utils.process_allgather(local))
+    if (everyone != everyone[0]).any():
+        per_process = '; '.join(
+            f'process {i}: ' + ', '.join(f'{k}={v}' for k, v in zip(values, row))
+            for i, row in enumerate(everyone.tolist())
+        )
+        raise ValueError(
+            f'the processes disagree on the length of the run ({per_process}); give every '
+            'process the same config and the same prepared dataset'
+        )
 
 
 def _format_duration(seconds: float) -> str:
@@ -67,14 +76,17 @@ def _format_duration(seconds: float) -> str:
 class Trainer:
     """One run: the model, optimizer, sharded state, input streams, checkpoints and metrics."""
 
-    def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    def __init__(
+        self, config: ml_collections.ConfigDict, workdir: str, allow_config_change: bool = False
+    ):
         config_lib.validate(config)
-        check_writable(workdir)
         self.config, self.workdir = config, workdir
+        self.allow_config_change = allow_config_change
         self.mesh = sharding_lib.make_mesh(config.mesh)
         self.train_input, self.eval_input = data_lib.make_inputs(config)
         self.steps_per_epoch = self.train_input.steps_per_epoch
         self.total_steps = max(1, round(config.num_epochs * self.steps_per_epoch))
+        check_processes_agree(steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps)
         self.model = create_model_from_config(config.model, config.tokens)
         shape = image_shape(config)
         key = jax.random.fold_in(jax.random.key(config.seed), 0x1417)
@@ -117,8 +129,8 @@ class Trainer:
         self.eval_fn = evaluation.make_eval_fn(self.model, self.mesh)
         self.sparsity_summary = jax.jit(sparsity_api.summary)
         self.logged_update = -1
-        self.checkpointer = Checkpointer(workdir, config.keep_checkpoints)
-        self.writer = MetricWriter(workdir)
+        self.checkpointer: Checkpointer | None = None  # opened by `run`, under the lease
+        self.writer: MetricWriter | None = None
         self.meta = {
             'config': config.to_dict(),
             'total_steps': self.total_steps,
@@ -146,39 +158,51 @@ class Trainer:
         return jax.jit(self.init_state, out_shardings=self.state_sharding)(params, head_taylor)
 
     def restore_or_init(self) -> TrainState:
-        """The latest checkpoint of this workdir if there is one, else a fresh sharded state."""
-        if self.checkpointer.latest_step() is None:
-            return self.fresh_state()
-        if self.config.init_from:
-            logger.info(
-                'resuming from the checkpoints in %s: init_from=%s is ignored',
-                self.checkpointer.directory,
-                self.config.init_from,
-            )
-        saved = self.checkpointer.meta()
-        if _architecture(saved['config']['model']) != _architecture(self.meta['config']['model']):
-            raise CheckpointError(
-                f'the checkpoints in {self.checkpointer.directory} were written for model '
-                f'{_describe(saved["config"]["model"])}, but this config describes '
-                f'{_describe(self.meta["config"]["model"])}. Use a new --workdir, or the '
-                'config the run started with.'
-            )
-        target = jax.tree.map(
-            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-            self.abstract_state,
-            self.state_sharding,
+        """The latest checkpoint of this workdir if there is one, else a fresh sharded state.
+
+        The run record is checked first (a refused config change reads nothing) and written
+        once the state is there (a checkpoint that cannot be restored changes no record).
+        """
+        latest = self.checkpointer.latest_step()
+        record = record_lib.prepare(
+            self.workdir,
+            self.meta['config'],
+            resume_step=latest,
+            previous_config=None if latest is None else self.checkpointer.meta()['config'],
+            allow_change=self.allow_config_change,
         )
-        state = self.checkpointer.restore_state(target)
-        logger.info('resumed from %s at step %d', self.checkpointer.directory, int(state.step))
+        if latest is None:
+            state = self.fresh_state()
+        else:
+            if self.config.init_from:
+                logger.info(
+                    'resuming from the checkpoints in %s: init_from=%s is ignored',
+                    self.checkpointer.directory,
+                    self.config.init_from,
+                )
+            state = restore_lib.restore_train_state(
+                self.checkpointer, self.abstract_state, self.state_sharding
+            )
+            logger.info('resumed from %s at step %d', self.checkpointer.directory, int(state.step))
+        record_lib.write(self.workdir, record)  # only once the run really starts or resumes
+        logger.info(
+            'config:\n%s',
+            '\n'.join(f'  {k} = {v!r}' for k, v in record_lib.flatten(self.meta['config']).items()),
+        )
         return state
+
+    def last_good(self) -> str:
+        step = self.checkpointer.latest_step()
+        if step is None:
+            return f'No checkpoint was saved yet (in {self.checkpointer.directory})'
+        return f'The last good checkpoint is step {step} in {self.checkpointer.directory}'
 
     def check_finite(self, state: TrainState) -> None:
         bad = int(state.nonfinite_step)
         if bad >= 0:
             raise NonFiniteError(
                 f'loss or gradient became NaN/Inf at step {bad + 1}; the run stopped without '
-                f'saving it. Last good checkpoint: step {self.checkpointer.latest_step()} in '
-                f'{self.checkpointer.directory}. Lower the learning rate or set '
+                f'saving it. {self.last_good()}. Lower the learning rate or set '
                 'config.optimizer.grad_clip_norm, then restart.'
             )
 
@@ -186,6 +210,7 @@ class Trainer:
         self.check_finite(state)
         if self.checkpointer.latest_step() != int(state.step):
             self.checkpointer.save(state, self.meta)
+        self.writer.flush(force=True)
 
     def evaluate(self, state: TrainState) -> dict[str, float]:
         self.check_finite(state)
@@ -203,6 +228,7 @@ class Trainer:
             ema = evaluate(state.ema_params)
             results.update({f'ema_{k}': v for k, v in ema.items()})
         self.writer.write(int(state.step), 'eval', results)
+        self.writer.flush(force=True)
         logger.info(
             'eval at step %d: top1 %.4f top5 %.4f loss %.4f (%d examples)',
             int(state.step),
@@ -222,6 +248,7 @@ class Trainer:
         step at that pace.
         """
         self.check_finite(state)
+        self.lease.check()
         step = int(state.step)
         values = {k: float(np.mean([float(m[k]) for m in metrics])) for k in metrics[0]}
         interval = timer.lap()
@@ -270,16 +297,52 @@ class Trainer:
         )
 
     def run(self) -> dict[str, Any]:
-        """Trains to the end (or until preempted) and returns the final eval metrics."""
+        """Trains to the end (or until preempted) and returns the final eval metrics.
+
+        Holds the workdir's lease throughout; whatever stops the run, a save already started
+        completes, and metrics reach the workdir.
+        """
+        self.lease = Lease(self.workdir)
+        self.lease.acquire()
         try:
-            return self._run()
-        finally:  # whatever stops the run, saves already started complete
-            self.checkpointer.wait()
+            self.checkpointer = Checkpointer(self.workdir, self.config.keep_checkpoints)
+            try:
+                results = self._run()
+            except BaseException:
+                self._close(quiet=True)
+                raise
+            self._close()
+            return results
+        except Exception as error:  # a full disk meets whichever writer comes first
+            if isinstance(error, UserError) or self.checkpointer is None:
+                raise
+            if not paths.is_disk_full(error):
+                raise
+            written = re.search(
+                rf'{re.escape(str(paths.resolve(self.workdir)))}[^\s;:\'"]*', str(error)
+            )
+            what = written.group(0) if written else f'to {self.workdir}'
+            raise self.checkpointer.disk_full_error(what) from None
+        finally:
+            self.lease.release()
+
+    def _close(self, quiet: bool = False) -> None:
+        """Completes the save in flight and uploads the metrics; `quiet` while another error
+        is on its way (a failed save then stays unreported: the earlier error explains it)."""
+        try:
+            self.checkpointer.close()
+        except Exception:
+            if not quiet:
+                raise
+        finally:
+            if self.writer is not None:
+                self.writer.close()
 
     def _run(self) -> dict[str, Any]:
         c = self.config
         state = self.restore_or_init()
         start_step = int(state.step)
+        self.writer = MetricWriter(self.workdir, resume_step=start_step)
         eval_every = max(1, round(c.eval_every_epochs * self.steps_per_epoch))
         logger.info(
             'training %s for %d steps (%d per epoch, global batch %d) on %d devices, mesh %s',
@@ -323,18 +386,13 @@ class Trainer:
         return results
 
 
-def _architecture(model_config: dict) -> dict:
-    """The model section minus `remat`, which trades memory for compute without changing the
-    function (a run may resume with it changed; checkpoints from before it existed lack it)."""
-    return {k: v for k, v in model_config.items() if k != 'remat'}
-
-
-def _describe(model_config: dict) -> str:
-    keys = ('name', 'embed_dim', 'depth', 'num_heads', 'mlp_dim', 'image_size', 'num_classes')
-    return '(' + ', '.join(f'{k}={model_config.get(k)}' for k in keys) + ')'
-
-
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, allow_config_change: bool = False
+) -> dict[str, Any]:
     """Trains (resuming from the latest checkpoint in `workdir`) and returns the final eval
-    metrics; after a preemption, returns {'step', 'preempted': True} once the save is done."""
-    return Trainer(config, workdir).run()
+    metrics; after a preemption, returns {'step', 'preempted': True} once the save is done.
+
+    allow_config_change: resume even though the config changes the run's mathematics (the
+    change is recorded in the run record, `config.json`).
+    """
+    return Trainer(config, workdir, allow_config_change).run()

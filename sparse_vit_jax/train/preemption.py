@@ -1,9 +1,11 @@
 """Preemption: SIGTERM asks the run to save its current step and stop cleanly.
 
 TPU VMs (and most cluster schedulers) send SIGTERM shortly before they take a machine away.
-With several processes, every process must stop at the same step, so the decision comes from
-JAX's preemption sync point (set up by ``jax.distributed.initialize``) instead of the local
-signal alone.
+With several processes, every process must stop at the same step. `jax.distributed.initialize`
+installs JAX's own SIGTERM listener, which tells every process through the coordination
+service; `multihost_utils.reached_preemption_sync_point` then fires at the same step
+everywhere. A Python SIGTERM handler would replace that listener (the signal would then never
+reach JAX), so one is installed only for a single process.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ class PreemptionWatcher:
         self._signalled = True
 
     def __enter__(self) -> PreemptionWatcher:
-        if threading.current_thread() is threading.main_thread():
+        single = jax.process_count() == 1
+        if single and threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, self._handle)
         return self
 

@@ -32,6 +32,7 @@ from sparse_vit_jax.sparsity.transform import unit_weight_masks
 from sparse_vit_jax.train import evaluation, loop
 from sparse_vit_jax.train import optimizer as optimizer_lib
 from sparse_vit_jax.train.checkpoint import Checkpointer
+from sparse_vit_jax.train.restore import restore_model
 from sparse_vit_jax.train.state import TrainState, init_params
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -191,11 +192,8 @@ def _tool(*args: str) -> subprocess.CompletedProcess:
 
 
 def _restore_params(workdir):
-    checkpointer = Checkpointer(workdir, create=False)
-    config = checkpointer.meta()['config']
-    model = create_model_from_config(config['model'])
-    shapes = jax.eval_shape(lambda: init_params(model, jax.random.key(0), (16, 16, 3)))
-    return checkpointer.restore_model(shapes)
+    restored = restore_model(workdir)
+    return restored.params, restored.masks
 
 
 def test_export_tool_end_to_end(tiny_config, tmp_path):
@@ -323,8 +321,8 @@ def test_every_structured_method_exports_and_the_export_restores_to_the_same_log
         tiny_config, str(tmp_path / 'run'), f'{arg},fidelity={fidelity}', **overrides
     )
     report = export_slim(workdir, str(tmp_path / 'slim'))
-    masked = evaluation.restore_model(workdir)
-    slim = evaluation.restore_model(str(tmp_path / 'slim'))
+    masked = restore_model(workdir)
+    slim = restore_model(str(tmp_path / 'slim'))
     assert slim.masks is None and slim.model.keep_tokens == masked.model.keep_tokens
     assert slim.model.layerwise_tokens == masked.model.layerwise_tokens
     images = np.random.default_rng(1).normal(size=(4, 16, 16, 3)).astype(np.float32)

@@ -2,6 +2,7 @@
 bad input of every kind — each ends with one clear message, and earlier checkpoints survive."""
 
 import hashlib
+import json
 import os
 import random
 import re
@@ -18,6 +19,8 @@ from sparse_vit_jax import data as data_lib
 from sparse_vit_jax.errors import CheckpointError, NonFiniteError
 from sparse_vit_jax.train import evaluation, loop
 from sparse_vit_jax.train.checkpoint import Checkpointer
+from sparse_vit_jax.train.record import ConfigChangeError
+from sparse_vit_jax.train.restore import restore_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # 27 steps of SViTE with a topology update every 2 steps and a checkpoint after every step.
@@ -54,6 +57,11 @@ def _snapshot(workdir):
             with open(path, 'rb') as f:
                 files[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
     return files
+
+
+def _error_line(stderr):
+    (line,) = [line for line in stderr.splitlines() if line.startswith('error: ')]
+    return line
 
 
 def _saving(workdir):
@@ -116,28 +124,34 @@ def test_sigterm_saves_the_current_step_exits_0_and_the_restart_continues(
     assert final['step'] == 27
 
 
-def test_nan_loss_stops_with_the_step_and_no_nonfinite_checkpoint(tiny_config, tmp_path):
-    """A learning rate of 1e30 makes the loss non-finite within a few steps."""
+@pytest.mark.parametrize(
+    'every, survivor',
+    [(1, r'The last good checkpoint is step 1 in '), (100, r'No checkpoint was saved yet \(in ')],
+)
+def test_nan_loss_stops_with_the_step_and_no_nonfinite_checkpoint(
+    tiny_config, tmp_path, every, survivor
+):
+    """A learning rate of 1e30 makes the loss non-finite at step 2; the message names the last
+    good checkpoint, or says there is none yet (never 'step None')."""
     workdir = str(tmp_path / 'nan')
-    config = tiny_config(**{**RUN_OVERRIDES, 'optimizer.lr': 1e30, 'optimizer.warmup_epochs': 0.0})
-    with pytest.raises(NonFiniteError, match=r'NaN/Inf at step \d+.*Last good checkpoint: step'):
+    config = tiny_config(
+        **{
+            **RUN_OVERRIDES,
+            'optimizer.lr': 1e30,
+            'optimizer.warmup_epochs': 0.0,
+            'checkpoint_every_steps': every,
+        }
+    )
+    with pytest.raises(NonFiniteError, match=r'NaN/Inf at step \d+.*' + survivor) as error:
         loop.train_and_evaluate(config, workdir)
+    assert 'None' not in str(error.value)
+    if every == 100:
+        return
     checkpointer = Checkpointer(workdir)
     assert checkpointer.all_steps(), 'the steps before the NaN were saved'
     for step in checkpointer.all_steps():
-        params, _ = checkpointer.restore_model(
-            jax.eval_shape(lambda: _params_like(workdir)), step=step
-        )
+        params = restore_model(workdir, step=step).params
         assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(params))
-
-
-def _params_like(workdir):
-    from sparse_vit_jax.models import create_model_from_config
-    from sparse_vit_jax.train.state import init_params
-
-    config = Checkpointer(workdir).meta()['config']
-    model = create_model_from_config(config['model'])
-    return init_params(model, jax.random.key(0), (16, 16, 3))
 
 
 # ---------------------------------------------------------------- bad input, in process
@@ -160,6 +174,10 @@ def _params_like(workdir):
         ),
         ({'model.name': 'deit_large'}, r'not a registered model'),
         ({'mesh.fsdp': 2}, r'mesh data=-1 × fsdp=2 does not match the 1 devices'),
+        ({'num_epochs': float('inf')}, r'config.num_epochs=inf is not a finite number'),
+        ({'optimizer.lr': float('nan')}, r'config.optimizer.lr=nan is not a finite number'),
+        ({'optimizer.b2': 1.0}, r'config.optimizer.b2 must be in \[0, 1\), got 1.0'),
+        ({'ema_decay': -0.5}, r'config.ema_decay must be in \[0, 1\)'),
     ],
 )
 def test_out_of_range_values_are_rejected_before_any_work(
@@ -210,18 +228,30 @@ def test_truncated_checkpoint_is_reported_and_left_alone(tiny_config, trained_wo
     with open(victim, 'r+b') as f:
         f.truncate(os.path.getsize(victim) // 2)
     before = _snapshot(trained_workdir)
-    with pytest.raises(CheckpointError, match=f'checkpoint step {latest} .* cannot be read'):
+    damaged = rf'checkpoint step {latest} is damaged: params/\S+ in \S+/{latest}/params/? cannot'
+    with pytest.raises(CheckpointError, match=damaged + '.*--step 3'):
         loop.train_and_evaluate(tiny_config(num_epochs=6 / 9), trained_workdir)
-    with pytest.raises(CheckpointError, match='Restore an earlier step'):
-        evaluation.evaluate_checkpoint(trained_workdir)
+    # The command line says it in one line, and nothing follows it (no thread tracebacks).
+    command = [sys.executable, 'tools/evaluate.py', '--workdir', trained_workdir]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stderr
+    assert 'Traceback' not in result.stderr and 'Exception ignored' not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith('error: checkpoint step')
+    assert re.search(damaged, result.stderr) and '\n' not in _error_line(result.stderr)
     assert _snapshot(trained_workdir) == before
     assert evaluation.evaluate_checkpoint(trained_workdir, step=3)['step'] == 3  # still there
 
 
 def test_checkpoint_from_another_model_size_is_refused(tiny_config, trained_workdir):
     before = _snapshot(trained_workdir)
-    with pytest.raises(CheckpointError, match=r'written for model .*depth=2.*describes .*depth=3'):
-        loop.train_and_evaluate(tiny_config(**{'model.depth': 3}), trained_workdir)
+    deeper = tiny_config(num_epochs=6 / 9, **{'model.depth': 3})
+    with pytest.raises(ConfigChangeError, match=r'changes the run .*: model.depth: 2 → 3\. '):
+        loop.train_and_evaluate(deeper, trained_workdir)
+    record = open(os.path.join(trained_workdir, 'config.json')).read()
+    # Allowed, the change still cannot restore: named as such (not "damaged"), nothing recorded.
+    with pytest.raises(CheckpointError, match=r'holds another model than the one being restored'):
+        loop.train_and_evaluate(deeper, trained_workdir, allow_config_change=True)
+    assert open(os.path.join(trained_workdir, 'config.json')).read() == record
     assert _snapshot(trained_workdir) == before
 
 
@@ -241,6 +271,7 @@ def test_unwritable_workdir_is_refused(tiny_config, tmp_path):
         (['--config.sparsity.densty=0.5'], "unknown config field 'densty'.*did you mean 'density'"),
         (['--config.batch_size=abc'], 'invalid literal for int'),
         (['--config.sparsity.density=1.5'], r'density must be in \(0, 1\]'),
+        (['--config.num_epochs=inf'], r'config.num_epochs=inf is not a finite number'),
         (
             ['--config.data.data_dir=/nonexistent'],
             "'tiny_images' is not registered and not prepared",
@@ -263,3 +294,62 @@ def test_unknown_config_arg_in_the_config_path(tiny_data_dir, tmp_path):
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 1 and 'Traceback' not in result.stderr
     assert "unknown config arg 'densityy'; valid args:" in result.stderr
+
+
+# ---------------------------------------------------------------- a full disk
+
+
+def _mount_namespace(folder):
+    """The `unshare` prefix of a private mount namespace in which this user may mount a small
+    tmpfs on `folder` (as root, or in an unprivileged user namespace), or None."""
+    for prefix in (['unshare', '-m'], ['unshare', '-rm']):
+        probe = prefix + ['mount', '-t', 'tmpfs', '-o', 'size=64k', 'tmpfs', str(folder)]
+        try:
+            if subprocess.run(probe, capture_output=True, timeout=30).returncode == 0:
+                return prefix
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    return None
+
+
+def test_disk_full_is_one_line_keeps_earlier_checkpoints_and_the_restart_cleans_up(
+    tiny_data_dir, tmp_path
+):
+    """A real full disk: a 2.8 MB tmpfs, half taken by a filler file, holds two checkpoints of
+    the tiny run but not the third. Then the filler goes and the same command finishes."""
+    disk = tmp_path / 'disk'
+    disk.mkdir()
+    prefix = _mount_namespace(disk)
+    if prefix is None:
+        pytest.skip('cannot mount a small tmpfs here (needs root or user namespaces)')
+    workdir = f'{disk}/run'
+    train = ' '.join(_command(tiny_data_dir, workdir) + ['--config.keep_checkpoints=2'])
+    evaluate = f'{sys.executable} tools/evaluate.py --workdir {workdir} --json'
+    script = f'''
+        mount -t tmpfs -o size=2800k tmpfs {disk} || exit 99
+        head -c 1400k /dev/zero > {disk}/filler
+        {train}; echo "first=$?"
+        ls {workdir}/checkpoints | sed 's/^/listed=/'
+        {evaluate} 2>/dev/null | tail -1 | sed 's/^/evaluated=/'
+        rm {disk}/filler
+        {train} 2>/dev/null | tail -1 | sed 's/^/second=/'
+        ls {workdir}/checkpoints | sed 's/^/relisted=/'
+    '''
+    result = subprocess.run(
+        prefix + ['bash', '-c', script], cwd=REPO, capture_output=True, text=True, timeout=900
+    )
+    out = result.stdout
+    assert 'first=1' in out, result.stderr[-3000:]
+    assert len([line for line in result.stderr.splitlines() if 'error: ' in line]) == 1, (
+        result.stderr
+    )
+    error = _error_line(result.stderr)
+    assert re.search(r'no space left on the device writing .* \(\d+\.\d MB free', error), error
+    assert 'Traceback' not in result.stderr and 'Event loop is closed' not in result.stderr
+    listed = re.findall(r'^listed=(\S+)', out, re.M)
+    complete = sorted(int(name) for name in listed if name.isdigit())
+    assert complete and complete[-1] < 27 and len(listed) > len(complete)  # a partial step
+    evaluated = json.loads(re.search(r'evaluated=(.*)', out).group(1))
+    assert evaluated['step'] == complete[-1]  # the earlier checkpoints are intact
+    assert 'after 27 steps' in re.search(r'second=(.*)', out).group(1)
+    assert re.findall(r'^relisted=(\S+)', out, re.M) == ['26', '27']  # partial step removed
