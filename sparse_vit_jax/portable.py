@@ -26,7 +26,7 @@ import numpy as np
 from etils import epath
 
 from sparse_vit_jax import config as config_lib
-from sparse_vit_jax import convert, weights
+from sparse_vit_jax import convert, paths, weights
 from sparse_vit_jax.models import create_model
 from sparse_vit_jax.sparsity import api as sparsity_api
 
@@ -50,7 +50,7 @@ def _restore(workdir: str, step: int | None):
 
 
 def _out_folder(out: str, name: str) -> epath.Path:
-    folder = epath.Path(out)
+    folder = paths.resolve(out)
     if (folder / name).exists():
         raise ExportError(f'{folder / name} exists already; choose a new --out')
     folder.mkdir(parents=True, exist_ok=True)
@@ -213,7 +213,7 @@ def export_stablehlo(
 
 def load(folder: str) -> tuple[Callable[[np.ndarray], np.ndarray], dict[str, Any]]:
     """An exported model as (images -> logits, its config.json)."""
-    folder = epath.Path(folder)
+    folder = paths.resolve(folder)
     if not (folder / CONFIG).exists():
         raise ExportError(f'{folder} holds no {CONFIG}; export a model with tools/export.py')
     description = json.loads((folder / CONFIG).read_text())

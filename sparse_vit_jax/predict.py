@@ -15,11 +15,10 @@ import jax
 import ml_collections
 import numpy as np
 import tensorflow as tf
-from etils import epath
 
 from sparse_vit_jax import config as config_lib
 from sparse_vit_jax import data as data_lib
-from sparse_vit_jax import portable
+from sparse_vit_jax import paths, portable
 
 # TensorFlow only decodes images here; the accelerators belong to JAX.
 tf.config.set_visible_devices([], 'GPU')
@@ -67,7 +66,7 @@ def from_export(folder: str) -> Predictor:
 def read_image(path: str, channels: int) -> tuple[bytes, np.ndarray]:
     """The file at `path` and its decoded image (uint8 [H, W, channels]); ValueError (one line)
     when it is not an image."""
-    file = epath.Path(path)
+    file = paths.resolve(path)
     if not file.exists():
         raise FileNotFoundError(f'image {path} does not exist')
     encoded = file.read_bytes()

@@ -26,11 +26,10 @@ from typing import Any
 
 import jax
 import numpy as np
-from etils import epath
 from flax import traverse_util
 
 from sparse_vit_jax import config as config_lib
-from sparse_vit_jax import convert, weights
+from sparse_vit_jax import convert, paths, weights
 from sparse_vit_jax.models import create_model, create_model_from_config
 
 Path = tuple[str, ...]
@@ -94,7 +93,7 @@ def load_source(spec: str) -> Source:
             raise ValueError(f'init_from {path}: {_one_line(str(error))}') from None
         described = f'{name} {overrides}' if overrides else name
         return Source(params, f'{described} from {path}')
-    if not epath.Path(path).exists():
+    if not paths.resolve(path).exists():
         raise FileNotFoundError(
             f'init_from {path} does not exist; give a .safetensors/.npz/.pth file or a workdir'
         )
@@ -264,7 +263,7 @@ def import_weights(
     checkpointer = Checkpointer(workdir)
     if checkpointer.latest_step() is not None:
         raise ValueError(f'{checkpointer.directory} already holds checkpoints; use a new workdir')
-    source = str(epath.Path(path).resolve()) if '://' not in path else path
+    source = str(paths.resolve(path))
     checkpointer.save_model(
         step=0, params=params, masks=None, meta={'config': config.to_dict(), 'source': source}
     )

@@ -32,7 +32,7 @@ import pytest
 
 from sparse_vit_jax import convert, weights
 from sparse_vit_jax.benchmark.timm_torch import TorchvisionStub, stub_torchvision
-from sparse_vit_jax.models import create_model, create_model_from_config
+from sparse_vit_jax.models import create_model
 from timm_reference import numpy_deit, random_state_dict, timm_layout
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
