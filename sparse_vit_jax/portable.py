@@ -29,6 +29,7 @@ from sparse_vit_jax import config as config_lib
 from sparse_vit_jax import convert, paths, weights
 from sparse_vit_jax.models import create_model
 from sparse_vit_jax.sparsity import api as sparsity_api
+from sparse_vit_jax.train.restore import RestoredModel, restore_model
 
 FORMATS = ('timm', 'stablehlo')
 CONFIG = 'config.json'
@@ -43,9 +44,7 @@ class ExportError(ValueError):
     """The run cannot be exported in the asked format, or the output folder is taken."""
 
 
-def _restore(workdir: str, step: int | None):
-    from sparse_vit_jax.train.evaluation import restore_model
-
+def _restore(workdir: str, step: int | None) -> RestoredModel:
     return restore_model(workdir, step=step)
 
 
@@ -149,7 +148,7 @@ def export_timm(workdir: str, out: str, step: int | None = None) -> dict[str, An
         **_describe_input(config, _label_names(config)),
         'source': _source(restored, workdir),
     }
-    (folder / CONFIG).write_text(json.dumps(description, indent=2) + '\n')
+    paths.write_atomic(folder / CONFIG, json.dumps(description, indent=2) + '\n')
     return {
         'out': str(folder),
         'files': [TIMM_WEIGHTS, CONFIG],
@@ -161,7 +160,7 @@ def export_timm(workdir: str, out: str, step: int | None = None) -> dict[str, An
     }
 
 
-def _eval_forward(restored: Any) -> Callable[[jax.Array], jax.Array]:
+def eval_forward(restored: RestoredModel) -> Callable[[jax.Array], jax.Array]:
     """images -> logits as evaluation computes them (the reference token selector's Gumbel noise
     drawn from the key evaluation uses for its first batch)."""
     params, masks, model = restored.params, restored.forward_masks, restored.model
@@ -182,7 +181,7 @@ def export_stablehlo(
     artifact (weights inside, batch size symbolic) in `out`; checks it against the model."""
     restored = _restore(workdir, step)
     config = restored.config
-    forward = _eval_forward(restored)
+    forward = eval_forward(restored)
     size, channels = config.model.image_size, len(config.data.mean)
     batch = jax.export.symbolic_shape('batch')[0]
     spec = jax.ShapeDtypeStruct((batch, size, size, channels), jnp.float32)
@@ -193,14 +192,14 @@ def export_stablehlo(
     got = np.asarray(jax.export.deserialize(data).call(images))
     error = float(np.abs(got - expected).max() / max(np.abs(expected).max(), 1e-12))
     folder = _out_folder(out, STABLEHLO)
-    (folder / STABLEHLO).write_bytes(bytes(data))
+    paths.write_atomic(folder / STABLEHLO, bytes(data))
     description = {
         'format': 'stablehlo',
         'platforms': list(platforms),
         **_describe_input(config, _label_names(config)),
         'source': _source(restored, workdir),
     }
-    (folder / CONFIG).write_text(json.dumps(description, indent=2) + '\n')
+    paths.write_atomic(folder / CONFIG, json.dumps(description, indent=2) + '\n')
     return {
         'out': str(folder),
         'files': [STABLEHLO, CONFIG],

@@ -1,6 +1,6 @@
 """Classify image files with a run's checkpoint or an exported model (tools/predict.py).
 
-Each image goes through the run's eval transform (data/__init__.py `make_recipe`): for the DeiT
+Each image goes through the run's eval transform (data/inputs.py `make_recipe`): for the DeiT
 recipe, resize and center crop of any JPEG/PNG; for the small-image recipe the image is decoded
 to the model's channels and, when its size differs from the model's, resized to it first (that
 recipe's data already has the model's size). Class names are the dataset's TFDS label names.
@@ -19,6 +19,7 @@ import tensorflow as tf
 from sparse_vit_jax import config as config_lib
 from sparse_vit_jax import data as data_lib
 from sparse_vit_jax import paths, portable
+from sparse_vit_jax.train.restore import restore_model
 
 # TensorFlow only decodes images here; the accelerators belong to JAX.
 tf.config.set_visible_devices([], 'GPU')
@@ -35,19 +36,9 @@ class Predictor:
 
 def from_workdir(workdir: str, step: int | None = None) -> Predictor:
     """The latest (or `step`) checkpoint of a run or a slim export, as evaluation computes it."""
-    from sparse_vit_jax.train.evaluation import restore_model
-
     restored = restore_model(workdir, step=step)
-    params, masks, model = restored.params, restored.forward_masks, restored.model
-    key = jax.random.fold_in(jax.random.key(restored.config.seed), 0)
-    forward = jax.jit(
-        lambda images: model.apply(
-            {'params': params}, images, masks=masks, train=False, rngs={'gumbel': key}
-        )
-    )
-    names = getattr(restored, 'meta', {}).get('label_names') or data_lib.label_names(
-        restored.config.data
-    )
+    forward = jax.jit(portable.eval_forward(restored))
+    names = restored.meta.get('label_names') or data_lib.label_names(restored.config.data)
     return Predictor(lambda images: np.asarray(forward(images)), restored.config, names)
 
 

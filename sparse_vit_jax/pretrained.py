@@ -97,7 +97,7 @@ def load_source(spec: str) -> Source:
         raise FileNotFoundError(
             f'init_from {path} does not exist; give a .safetensors/.npz/.pth file or a workdir'
         )
-    from sparse_vit_jax.train.evaluation import restore_model
+    from sparse_vit_jax.train.restore import restore_model
 
     restored = restore_model(path, step=step)
     params = jax.tree.map(lambda leaf: np.asarray(leaf, np.float32), restored.params)
@@ -263,7 +263,7 @@ def import_weights(
     checkpointer = Checkpointer(workdir)
     if checkpointer.latest_step() is not None:
         raise ValueError(f'{checkpointer.directory} already holds checkpoints; use a new workdir')
-    source = str(paths.resolve(path))
+    source = paths.join(path)
     checkpointer.save_model(
         step=0, params=params, masks=None, meta={'config': config.to_dict(), 'source': source}
     )

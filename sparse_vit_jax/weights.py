@@ -1,7 +1,7 @@
 """Weight files: timm state dicts read from and written to .safetensors, .npz and .pth files.
 
-Files are read and written whole through `etils.epath`, so a gs:// path works wherever a local
-one does. Nothing here runs pickled code: .npz files are read with allow_pickle=False and torch
+Files are read and written whole through the path layer (`paths.py`), so a gs:// path works
+wherever a local one does. Nothing here runs pickled code: .npz files are read with allow_pickle=False and torch
 files with weights_only=True (torch is needed for those only, and is not a dependency).
 """
 
@@ -14,8 +14,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from etils import epath
-
 from sparse_vit_jax import paths
 from sparse_vit_jax.convert import unwrap
 
@@ -30,11 +28,11 @@ _PICKLE_HINT = (
 
 
 def is_weight_file(path: str) -> bool:
-    return epath.Path(path).suffix.lower() in EXTENSIONS
+    return paths.resolve(path).suffix.lower() in EXTENSIONS
 
 
 def _read(path: str) -> bytes:
-    file = paths.resolve(path)  # local or a bucket
+    file = paths.resolve(path)
     if not file.exists():
         raise FileNotFoundError(f'weights file {path} does not exist')
     return file.read_bytes()
@@ -46,7 +44,7 @@ def load_weights(path: str) -> dict[str, Any]:
     Training checkpoints are unwrapped to their model state dict. A truncated or corrupt file
     raises ValueError naming the file.
     """
-    extension = epath.Path(path).suffix.lower()
+    extension = paths.resolve(path).suffix.lower()
     if extension not in EXTENSIONS:
         raise ValueError(f'{path}: unknown format {extension!r}; use .safetensors, .npz or .pth')
     data = _read(path)

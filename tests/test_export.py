@@ -17,15 +17,19 @@ import textwrap
 import jax
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 from safetensors.numpy import load_file
 
-from sparse_vit_jax import portable
+from conftest import FOLDER_CLASSES
+from sparse_vit_jax import paths, portable, pretrained
+from sparse_vit_jax import predict as predict_lib
+from sparse_vit_jax.data.image_folder import ImageFolder
 from sparse_vit_jax.benchmark.timm_torch import stub_torchvision
 from sparse_vit_jax.export import export_slim
 from sparse_vit_jax.models import create_model_from_config
 from sparse_vit_jax.train import optimizer as optimizer_lib
 from sparse_vit_jax.train.checkpoint import Checkpointer
-from sparse_vit_jax.train.evaluation import restore_model
+from sparse_vit_jax.train.restore import restore_model
 from sparse_vit_jax.train.state import create_train_state, init_params
 from timm_reference import numpy_deit
 
@@ -203,3 +207,45 @@ def test_export_tool_end_to_end(tiny_config, tmp_path):
     forward, description = portable.load(out)
     images = _images(2)
     assert _relative_error(forward(images), _our_logits(run, images)) < 1e-5
+
+
+def test_a_run_in_a_bucket_exports_predicts_and_starts_another(
+    gcs_emulator, tiny_config, image_folder, tmp_path, monkeypatch
+):
+    """Every file of a user's model in a bucket (a real GCS server): the run restored from
+    gs://, its timm export written there and read back (the other formats write through the same
+    calls), its weights as init_from, images and an image folder read from there; nothing lands
+    on the local disk."""
+    monkeypatch.chdir(tmp_path)  # a path mistaken for a local one would appear here
+    run = _checkpoint(tiny_config('method=svite,density=0.5'), 'gs://bucket/user/run')
+    images = _images(2)
+    expected = _our_logits(run, images)
+    portable.export_timm(run, 'gs://bucket/user/timm')
+    assert {'user/timm/model.safetensors', 'user/timm/config.json'} <= set(
+        gcs_emulator.objects('bucket', 'user/timm/')
+    )
+    forward, description = portable.load('gs://bucket/user/timm')
+    assert _relative_error(forward(images), expected) < 1e-5
+
+    # The exported timm weights start another run: the same tensors, pruned zeros included.
+    source = pretrained.load_source('gs://bucket/user/timm/model.safetensors')
+    restored = jax.device_get(restore_model(run).params)
+    jax.tree.map(np.testing.assert_array_equal, source.params, restored)
+
+    # An image folder and image files in the bucket.
+    for folder, _, names in os.walk(image_folder):
+        for name in names:
+            relative = os.path.relpath(os.path.join(folder, name), image_folder)
+            with open(os.path.join(folder, name), 'rb') as f:
+                paths.resolve(f'gs://bucket/user/images/{relative}').write_bytes(f.read())
+    builder = ImageFolder('gs://bucket/user/images')
+    assert builder.info.features['label'].names == list(FOLDER_CLASSES)
+    first = next(
+        iter(builder.as_dataset('train[:1]', decoders={'image': tfds.decode.SkipDecoding()}))
+    )
+    name = first['image/filename'].numpy().decode()
+    assert first['image'].numpy() == paths.resolve(name).read_bytes()
+    image = 'gs://bucket/user/images/cat/0.png'
+    (result,) = predict_lib.predict(predict_lib.from_workdir(run), [image])
+    assert result['image'] == image and len(result['top']) == 5
+    assert os.listdir(tmp_path) == []

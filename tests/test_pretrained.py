@@ -17,8 +17,9 @@ from sparse_vit_jax import convert, pretrained, weights
 from sparse_vit_jax.benchmark.timm_torch import stub_torchvision
 from sparse_vit_jax.models import create_model
 from sparse_vit_jax.sparsity import masks as masks_lib
-from sparse_vit_jax.train import evaluation, loop
+from sparse_vit_jax.train import loop
 from sparse_vit_jax.train.checkpoint import Checkpointer
+from sparse_vit_jax.train.restore import restore_model
 from timm_reference import random_state_dict, timm_layout
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -189,7 +190,7 @@ def test_a_run_starts_from_the_weights_with_magnitude_masks(tiny_config, tmp_pat
     with caplog.at_level(logging.INFO):
         loop.Trainer(config, str(tmp_path / 'run')).run()
     assert f'init_from={path} is ignored' in caplog.text and 'reset: head' not in caplog.text
-    restored = evaluation.restore_model(str(tmp_path / 'run'))
+    restored = restore_model(str(tmp_path / 'run'))
     np.testing.assert_equal(jax.device_get(restored.params), jax.device_get(saved.params))
 
 
