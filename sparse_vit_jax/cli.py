@@ -2,8 +2,10 @@
 
 This is the only module that prints. Bad input (an unknown or mistyped config field, a wrong
 config value, a missing dataset, a corrupt checkpoint, a non-finite loss, an unwritable workdir)
-ends with `error: <message>` on stderr and exit status 1, never a traceback; anything else is a
-bug and keeps its traceback.
+ends with `error: <message>` on stderr and exit status 1, never a traceback: a `UserError`, or a
+ValueError or OSError raised by this project's own code (the library, a config file, a tool),
+whose messages name the problem and the fix. Anything else is a bug or a surprise from inside a
+library (JAX, Orbax, TensorFlow) and keeps its traceback; `--verbose` keeps it for every error.
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ from __future__ import annotations
 import os
 import re
 import sys
+import sysconfig
 import threading
+import traceback
 
 # TensorFlow reads these when it loads, so tools import this module before anything that loads
 # it. Its INFO and WARNING lines off; and its oneDNN custom ops off, which also silences the
@@ -29,6 +33,16 @@ from sparse_vit_jax import logs
 from sparse_vit_jax.errors import UserError
 
 USER_ERRORS = (UserError, ValueError, OSError)
+# Where this project's code lives: an error raised there is bad input described for the user.
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_OWN_CODE = tuple(
+    os.path.join(_REPO, folder) + os.sep for folder in ('sparse_vit_jax', 'configs', 'tools')
+)
+_STDLIB = os.path.abspath(sysconfig.get_paths()['stdlib']) + os.sep
+
+_VERBOSE = flags.DEFINE_bool(
+    'verbose', False, 'On an error, print its traceback too (not just the one line).'
+)
 
 
 def fail(message: str) -> NoReturn:
@@ -57,6 +71,20 @@ def _flag_error_message(error: Exception, argv: list[str]) -> str:
     return ' '.join(lines)
 
 
+def raised_by_own_code(error: BaseException) -> bool:
+    """Whether `error` comes from this project's code: a `raise` of ours, or Python's own
+    library called there (open, os.makedirs), rather than from inside JAX, Orbax or TensorFlow."""
+    files = []
+    tb = error.__traceback__
+    while tb is not None:
+        files.append(os.path.abspath(tb.tb_frame.f_code.co_filename))
+        tb = tb.tb_next
+    for path in reversed(files):  # innermost first; the standard library acts for its caller
+        if not path.startswith(_STDLIB):
+            return path.startswith(_OWN_CODE)
+    return False
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
     try:
         return flags.FLAGS(argv)
@@ -71,9 +99,12 @@ def run(main: Callable[[list[str]], None]) -> None:
         logs.setup()
         try:
             main(argv)
-        except UserError as error:
-            fail(str(error))
-        except USER_ERRORS as error:  # e.g. a config file that failed to load
-            fail(_flag_error_message(error, argv))
+        except USER_ERRORS as error:
+            expected = isinstance(error, UserError) or raised_by_own_code(error)
+            if not expected:
+                raise
+            if _VERBOSE.value:
+                traceback.print_exc()
+            fail(str(error) if isinstance(error, UserError) else _flag_error_message(error, argv))
 
     app.run(guarded, flags_parser=_parse_flags)
