@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import logging
+import time
 from typing import Any
 
 import jax
@@ -13,6 +15,11 @@ from sparse_vit_jax.data import EvalInput, prefetch_to_device
 from sparse_vit_jax.train import sharding as sharding_lib
 from sparse_vit_jax.train.restore import restore_model
 from sparse_vit_jax.train.steps import eval_step
+
+logger = logging.getLogger(__name__)
+
+# A long evaluation (ImageNet's 50,000 images on a CPU) says how far it is this often.
+PROGRESS_SECONDS = 30.0
 
 
 def make_eval_fn(model: Any, mesh: jax.sharding.Mesh):
@@ -31,14 +38,25 @@ def evaluate(
     """Runs the whole eval split; returns top1, top5, loss (means) and num_examples.
 
     Batch i draws its random numbers (only the reference token selector's Gumbel noise uses any)
-    from fold_in(key(seed), i), so an evaluation is repeatable.
+    from fold_in(key(seed), i), so an evaluation is repeatable. Every PROGRESS_SECONDS it logs
+    how many batches are done (waiting for the device only then).
     """
     totals = None
+    start = last_report = time.perf_counter()
     batches = prefetch_to_device(eval_input.batches(), sharding_lib.batch_sharding(mesh))
     for index, batch in enumerate(batches):
         rng = jax.random.fold_in(jax.random.key(seed), index)
         sums = eval_fn(params, masks, batch, rng)
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+        if time.perf_counter() - last_report >= PROGRESS_SECONDS:
+            jax.block_until_ready(totals)
+            last_report = time.perf_counter()
+            logger.info(
+                'evaluating: %d of %d batches done, %.0f s',
+                index + 1,
+                eval_input.num_batches,
+                last_report - start,
+            )
     totals = jax.tree.map(lambda x: float(np.asarray(x)), totals)
     count = totals.pop('count')
     return {**{k: v / count for k, v in totals.items()}, 'num_examples': int(count)}

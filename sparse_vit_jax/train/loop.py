@@ -267,14 +267,17 @@ class Trainer:
             values.update(images_per_sec=rate, eta_seconds=eta)
         self.writer.write(step, 'train', values)
         logger.info(
-            'step %d/%d | loss %.4f | acc %.3f | lr %.3g | %s img/s | ETA %s',
+            'step %d/%d | epoch %.2f | loss %.4f | acc %.3f | lr %.3g | %s img/s | ETA %s | '
+            'elapsed %s',
             step,
             self.total_steps,
+            values['epoch'],
             values['loss'],
             values['accuracy'],
             values['lr'],
             '-' if rate is None else f'{rate:.3g}' if rate < 100 else f'{rate:.0f}',
             '-' if eta is None else _format_duration(eta),
+            _format_duration(time.perf_counter() - self.run_start),
         )
         self.log_sparsity(state)
 
@@ -344,6 +347,7 @@ class Trainer:
         start_step = int(state.step)
         self.writer = MetricWriter(self.workdir, resume_step=start_step)
         eval_every = max(1, round(c.eval_every_epochs * self.steps_per_epoch))
+        logger.info('config, as resolved:\n%s', c)
         logger.info(
             'training %s for %d steps (%d per epoch, global batch %d) on %d devices, mesh %s',
             c.model.name,
@@ -356,14 +360,22 @@ class Trainer:
         batches = data_lib.prefetch_to_device(
             self.train_input.batches(start_step), self.batch_sharding
         )
-        pending, timer, run_start = [], StepTimer(), time.perf_counter()
+        pending, timer = [], StepTimer()
+        self.run_start = time.perf_counter()
         with PreemptionWatcher() as preemption:
             for step in range(start_step, self.total_steps):
+                if step == start_step:
+                    logger.info('compiling the train step (the first step waits for it)')
+                    compile_start = time.perf_counter()
                 state, metrics = self.train_step(state, next(batches))
                 pending.append(metrics)
                 if step == start_step:  # compiled and ran: the only sync made just for timing
                     jax.block_until_ready(metrics)
                     timer.start()
+                    logger.info(
+                        'train step compiled: the first step took %.1f s, compile included',
+                        time.perf_counter() - compile_start,
+                    )
                 else:
                     timer.step()
                 done = step + 1
@@ -382,7 +394,7 @@ class Trainer:
                     self.save(state)
         self.save(state)
         results = self.evaluate(state)
-        results.update(step=int(state.step), train_seconds=time.perf_counter() - run_start)
+        results.update(step=int(state.step), train_seconds=time.perf_counter() - self.run_start)
         return results
 
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from sparse_vit_jax.train import loop
+from sparse_vit_jax.train import evaluation, loop
 from sparse_vit_jax.train.metrics import read_metrics
 from sparse_vit_jax.train.throughput import StepTimer
 
@@ -58,7 +58,7 @@ class _LineTimes(logging.Handler):
         self.lines.append((time.perf_counter(), record.getMessage()))
 
 
-def test_logged_throughput_and_eta_match_the_wall_clock(tiny_config, tmp_path):
+def test_logged_throughput_and_eta_match_the_wall_clock(tiny_config, tmp_path, monkeypatch):
     # Steps heavy enough that dispatching one takes far less than running it, as on a real
     # model: timing dispatch instead of the steps was off by ~20x here.
     c = tiny_config(
@@ -73,6 +73,7 @@ def test_logged_throughput_and_eta_match_the_wall_clock(tiny_config, tmp_path):
         }
     )
     handler = _LineTimes()
+    monkeypatch.setattr(evaluation, 'PROGRESS_SECONDS', 0.0)  # a progress line per eval batch
     package_logger = logging.getLogger('sparse_vit_jax')
     level = package_logger.level
     package_logger.setLevel(logging.INFO)
@@ -83,6 +84,17 @@ def test_logged_throughput_and_eta_match_the_wall_clock(tiny_config, tmp_path):
         package_logger.removeHandler(handler)
         package_logger.setLevel(level)
 
+    messages = [m for _, m in handler.lines]
+    # What a user reads before the first step line: the resolved config, the compile and its
+    # duration; the step lines carry the epoch and the elapsed time; evaluations say how far.
+    config = [m for m in messages if m.startswith('config, as resolved:\n')]
+    assert len(config) == 1 and 'num_epochs: 6.0' in config[0]
+    compiling = messages.index('compiling the train step (the first step waits for it)')
+    assert messages.index(config[0]) < compiling
+    assert messages[compiling + 1].startswith('train step compiled: the first step took ')
+    first = messages[compiling + 2]
+    assert first.startswith('step 6/24 | epoch 1.50 | ') and ' | elapsed 0m' in first
+    assert 'evaluating: 1 of ' in '\n'.join(messages)
     lines = [(t, m) for t, m in handler.lines if m.startswith(('step ', 'eval at'))]
     heads = [' '.join(m.split()[:3]) for _, m in lines]
     assert heads == [
