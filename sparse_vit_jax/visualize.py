@@ -13,6 +13,7 @@ import numpy as np
 from sparse_vit_jax import data as data_lib
 from sparse_vit_jax import paths, plots
 from sparse_vit_jax.models import token_selector
+from sparse_vit_jax.sparsity import schedules
 from sparse_vit_jax.train.metrics import METRICS_FILE, read_metrics
 from sparse_vit_jax.train.restore import restore_model, saved_config
 
@@ -70,29 +71,46 @@ def _title(config: dict | None, what: str) -> str:
 
 
 def sparsity_history(workdir: str) -> tuple[list[dict], dict, int]:
-    """The run's sparsity records, their arrays (plots.sparsity_history) and the step they were
-    last logged."""
+    """The run's sparsity records, their arrays (plots.sparsity_history) and the run's last
+    step (its last train record: the sparsity records stop at the last topology update)."""
     records = read_metrics(workdir, 'sparsity')
     if not records:
         raise ValueError(
             f'no sparsity records in {paths.join(workdir, METRICS_FILE)}: density and head '
             'plots need a sparse run (method svite, s2vite, sviteplus or s2viteplus) that has '
-            'updated its topology at least once'
+            'logged at least once'
         )
-    return records, plots.sparsity_history(records), max(r['step'] for r in records)
+    logged = [r['step'] for r in records + read_metrics(workdir, 'train')]
+    return records, plots.sparsity_history(records), max(logged)
+
+
+def _no_updates(config: dict | None, step: int) -> str:
+    """What the figure of a run without topology updates says instead of single points."""
+    if config is None:
+        return plots.NO_UPDATES
+    s = config['sparsity']
+    every = schedules.scale_update_every(
+        s['update_every'], s['update_every_batch'], config['batch_size']
+    )
+    return (
+        f'no topology update in the {step} steps of this run (ΔT = {every} steps):\n'
+        'the masks are the initial ones'
+    )
 
 
 def render_density(workdir: str, out_dir: str | None = None) -> list[str]:
     """Per-layer densities (latest record) and density / weights moved over training."""
     records, history, step = sparsity_history(workdir)
     latest = max(records, key=lambda r: r['last_update_step'])
+    config = saved_config(workdir)
     figure = plots.density_figure(
         latest['layer_density'],
         history['steps'],
         history['density'],
         history['moved'],
         history['fired_density'],
-        title=_title(saved_config(workdir), f'sparsity after step {step}'),
+        title=_title(config, f'sparsity at step {step}'),
+        no_updates=_no_updates(config, step),
     )
     return [save(figure, out_dir or plots_dir(workdir), f'density_step{step}.png')]
 
@@ -123,6 +141,7 @@ def render_heads(workdir: str, out_dir: str | None = None) -> list[str]:
         neurons,
         neuron_fraction=fraction,
         title=_title(config, f'heads and neurons up to step {step}'),
+        no_updates=_no_updates(config, step),
     )
     return [save(figure, out_dir or plots_dir(workdir), f'heads_step{step}.png')]
 

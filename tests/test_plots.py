@@ -153,7 +153,8 @@ def test_visualize_subcommands_on_a_tiny_structured_run(tiny_config, tmp_path):
     out = str(tmp_path / 'plots')
     (density,) = visualize.render_density(workdir, out)
     (heads,) = visualize.render_heads(workdir, out)
-    assert os.path.basename(density) == 'density_step6.png'
+    # Named by the run's last step (8), not the last update's (6).
+    assert os.path.basename(density) == 'density_step8.png'
     _check_png(density, (10, 4.0))
     _check_png(heads, (10, 4.5))
     results = tmp_path / 'results.json'
@@ -175,7 +176,7 @@ def test_visualize_subcommands_on_a_tiny_structured_run(tiny_config, tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     written = [line.split(' ', 1)[1] for line in result.stdout.splitlines()]
-    names = ['density_step6.png', 'heads_step6.png', 'accuracy_vs_flops.png']
+    names = ['density_step8.png', 'heads_step8.png', 'accuracy_vs_flops.png']
     assert written == [os.path.join(workdir, 'plots', n) for n in names]
     assert all(os.path.getsize(path) > 5_000 for path in written)
 
