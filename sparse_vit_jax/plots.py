@@ -352,7 +352,7 @@ def study_figure(summary: Sequence[Mapping], *, title: str) -> Figure:
         )
     axis.set_xlabel('MMACs per image (paper convention)', fontsize=8)
     axis.set_ylabel('test top-1 (%), mean ± std over seeds', fontsize=8)
-    axis.legend(fontsize=6, loc='lower right')
+    axis.legend(fontsize=6, loc='best')
     axis.grid(alpha=0.3)
     axis.set_title(title, fontsize=9)
     figure.tight_layout()
