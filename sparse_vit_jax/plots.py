@@ -14,12 +14,6 @@ from matplotlib.figure import Figure
 from sparse_vit_jax.layer_order import layer_sort_key
 
 
-def unnormalize(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """Normalized (B, H, W, C) images back to [0, 1] for display."""
-    images = np.asarray(images, np.float32) * np.asarray(std) + np.asarray(mean)
-    return np.clip(images, 0.0, 1.0)
-
-
 def patch_grid(kept: np.ndarray, image_size: int, patch_size: int) -> np.ndarray:
     """Per-pixel (H, W) bool of a (num_patches,) raster-order patch selection."""
     side = image_size // patch_size

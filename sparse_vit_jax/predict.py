@@ -19,6 +19,7 @@ import tensorflow as tf
 from sparse_vit_jax import config as config_lib
 from sparse_vit_jax import data as data_lib
 from sparse_vit_jax import paths, portable
+from sparse_vit_jax.data.device_input import DeviceInput
 from sparse_vit_jax.train.restore import restore_model
 
 # TensorFlow only decodes images here; the accelerators belong to JAX.
@@ -87,7 +88,10 @@ def model_input(predictor: Predictor, path: str) -> tuple[np.ndarray, list[int] 
             image = tf.image.resize(image, (size, size), antialias=True)
             image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
         features = {'image': tf.constant(image), 'label': tf.constant(0)}
-    return recipe.eval(features)['image'].numpy(), resized
+    # The recipe hands uint8 pixels; the model (and an export) takes them normalized, as the
+    # eval step normalizes them on device.
+    pixels = recipe.eval(features)['image'].numpy()
+    return np.asarray(DeviceInput.from_config(config).normalize(pixels)), resized
 
 
 def predict(predictor: Predictor, paths: list[str], top: int = 5) -> list[dict[str, Any]]:

@@ -15,6 +15,7 @@ from typing import Any
 import jax.numpy as jnp
 
 from sparse_vit_jax import data as data_lib
+from sparse_vit_jax.data.device_input import DeviceInput
 from sparse_vit_jax.models import create_model_from_config
 from sparse_vit_jax.train import evaluation
 from sparse_vit_jax.train.restore import restore_model
@@ -41,7 +42,7 @@ def selection_quality(workdir: str, data_dir: str | None = None) -> dict[str, An
 
     def top1(params: Any, **tokens: Any) -> float:
         model = create_model_from_config(config.model, dict(config.tokens.to_dict(), **tokens))
-        eval_fn = evaluation.make_eval_fn(model, mesh)
+        eval_fn = evaluation.make_eval_fn(model, mesh, DeviceInput.from_config(config))
         gates = restored.forward_masks
         return evaluation.evaluate(eval_fn, params, gates, eval_input, mesh, config.seed)['top1']
 

@@ -12,6 +12,7 @@ import numpy as np
 
 from sparse_vit_jax import data as data_lib
 from sparse_vit_jax import paths, plots
+from sparse_vit_jax.data.device_input import DeviceInput
 from sparse_vit_jax.models import token_selector
 from sparse_vit_jax.sparsity import schedules
 from sparse_vit_jax.train.metrics import METRICS_FILE, read_metrics
@@ -19,7 +20,7 @@ from sparse_vit_jax.train.restore import restore_model, saved_config
 
 
 def eval_images(config, count: int) -> np.ndarray:
-    """The first `count` (real, unpadded) eval images, normalized as the model sees them."""
+    """The first `count` (real, unpadded) eval images, uint8 as the pipeline hands them over."""
     _, eval_input = data_lib.make_inputs(config)
     chunks, total = [], 0
     for batch in eval_input.batches():
@@ -38,11 +39,12 @@ def render_tokens(
     restored = restore_model(workdir, step=step, data_dir=data_dir)
     config = restored.config
     images = eval_images(config, num_images)
+    inputs = DeviceInput.from_config(config).normalize(images)
     kept = token_selector.kept_patches(
-        restored.model, restored.params, images, masks=restored.forward_masks
+        restored.model, restored.params, inputs, masks=restored.forward_masks
     )
     figure = plots.token_selection_figure(
-        plots.unnormalize(images, config.data.mean, config.data.std),
+        images / np.float32(255),
         np.asarray(kept),
         config.model.patch_size,
         title=f'{config.sparsity.method}: {config.tokens.keep} of '
@@ -67,7 +69,7 @@ def save(figure, out_dir: str, name: str, dpi: int = 120) -> str:
 def _title(config: dict | None, what: str) -> str:
     if config is None:
         return what
-    return f"{config['model']['name']} ({config['sparsity']['method']}): {what}"
+    return f'{config["model"]["name"]} ({config["sparsity"]["method"]}): {what}'
 
 
 def sparsity_history(workdir: str) -> tuple[list[dict], dict, int]:

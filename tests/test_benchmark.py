@@ -186,8 +186,15 @@ def test_input_pipeline_speed_and_train_demand():
         warmup_passes=1,
         train_demand_model='vit_test',
         train_steps=2,
+        vs_float32=True,
     )
-    assert result['order'] == ['input', 'train'] * 2
+    assert result['order'] == ['input', 'input_float32', 'train'] * 2
+    # uint8 images and int32 labels cross to the devices; the host-normalized float32 images
+    # were 4 times the bytes.
+    assert result['bytes_per_batch'] == 8 * (224 * 224 * 3 + 4)
+    assert result['float32']['bytes_per_batch'] == 8 * (224 * 224 * 3 * 4 + 4)
+    assert result['uint8_vs_float32']['bytes_per_batch'] == pytest.approx(0.25, abs=1e-4)
+    assert result['uint8_vs_float32']['images_per_sec'] > 0
     assert result['images_per_pass'] == 16 and len(result['pass_images_per_sec']) == 2
     assert result['pipeline']['randaugment'] == '' and result['pipeline']['image_size'] == 224
     rates = result['pass_images_per_sec']

@@ -6,7 +6,7 @@
   python tools/benchmark.py infer --config configs/sviteplus.py:keep_tokens=138 --batch 64 --json
   python tools/benchmark.py infer --checkpoint runs/s2vite_slim --batch 64 [--json]
   python tools/benchmark.py input [--config configs/dense.py:model=deit_tiny] --num_images 512 \
-      [--augment full|light] [--train_demand_model deit_tiny_patch16_224] [--json]
+      [--augment full|light] [--train_demand_model deit_tiny_patch16_224] [--vs_float32] [--json]
 
   XLA_FLAGS=--xla_force_host_platform_device_count=8 python tools/benchmark.py memory \
       --config configs/svite.py:model=deit_base --batch 1024 --dtype bfloat16 \
@@ -26,7 +26,9 @@ tokens) against dense (time_saving beside flops_saving). memory: XLA's memory an
 config's (or --model's) train step at global --batch on the config's mesh over all visible
 devices, per device, compiled but never run; --topology compiles for a TPU slice with the TPU
 compiler (libtpu installed, no TPU needed). input: the production ImageNet pipeline on
---num_images fake 375×500 JPEGs, optionally against a model's train-step demand.
+--num_images fake 375×500 JPEGs, optionally against a model's train-step demand; the bytes each
+batch sends to the devices (uint8 images); --vs_float32 alternates passes with the images
+normalized to float32 on the host, as before (ratios of bytes and images/s).
 infer --checkpoint: the forward of a workdir's own model and weights (a run or an export,
 local or gs://), restored onto this machine's devices.
 """
@@ -80,6 +82,12 @@ _STEP_MS = flags.DEFINE_float(
     'step_ms', 0.0, "input: consume each batch in this many ms (an accelerator's step): the "
     "wait for each epoch's first batch is then the epoch-boundary stall."
 )
+_VS_FLOAT32 = flags.DEFINE_bool(
+    'vs_float32',
+    False,
+    'input: also time the pipeline normalizing images to float32 on the host (as before they '
+    'crossed to the device as uint8), in alternating passes.',
+)
 _TOPOLOGY = flags.DEFINE_string(
     'topology',
     None,
@@ -113,6 +121,7 @@ def run_command(command: str) -> dict:
             dtype=_DTYPE.value or 'float32',
             workdir=_WORKDIR.value,
             step_seconds=_STEP_MS.value / 1e3,
+            vs_float32=_VS_FLOAT32.value,
         )
     if _CHECKPOINT.value:
         if command != 'infer' or _MODEL.value or _CONFIG.value or _VS_TIMM.value:
@@ -171,6 +180,14 @@ def describe(result: dict) -> str:
             f"{head} ({result['images_per_sec_per_core']:.1f} images/s per core, "
             f"{result['images_per_cpu_second']:.1f} images per CPU-second)"
         )
+        line += f"; {result['bytes_per_batch'] / 1e6:.2f} MB per batch to the devices"
+        if 'float32' in result:
+            ratios = result['uint8_vs_float32']
+            line += (
+                f"; float32 on the host: {result['float32']['images_per_sec']:.1f} images/s, "
+                f"{result['float32']['bytes_per_batch'] / 1e6:.2f} MB per batch (uint8/float32: "
+                f"bytes {ratios['bytes_per_batch']:.2f}, images/s {ratios['images_per_sec']:.2f})"
+            )
         if 'ratio' in result:
             line += (
                 f"; {result['train_demand_model']} trains at "

@@ -19,6 +19,7 @@ import numpy as np
 from sparse_vit_jax import config as config_lib
 from sparse_vit_jax import flops
 from sparse_vit_jax.benchmark.timing import Runner
+from sparse_vit_jax.data.device_input import DeviceInput
 from sparse_vit_jax.models import create_model_from_config
 from sparse_vit_jax.sparsity import api as sparsity_api
 from sparse_vit_jax.sparsity import schedules
@@ -73,10 +74,12 @@ def _mesh(config: ml_collections.ConfigDict, batch: int, devices=None) -> jax.sh
 
 
 def random_batch(config: ml_collections.ConfigDict, batch: int, sharding: Any) -> dict:
-    """Normal images of the model's size and uniform labels, placed like training's batches
-    (left where they are when `sharding` is None)."""
+    """Uniform uint8 images of the model's size (as the input pipeline hands them to the train
+    step) and uniform labels, placed like training's batches (left where they are when
+    `sharding` is None)."""
     image_key, label_key = jax.random.split(jax.random.key(1))
-    images = jax.random.normal(image_key, (batch,) + image_shape(config), jnp.float32)
+    shape = (batch,) + image_shape(config)
+    images = jax.random.randint(image_key, shape, 0, 256, jnp.int32).astype(jnp.uint8)
     labels = jax.random.randint(label_key, (batch,), 0, config.model.num_classes, jnp.int32)
     batch = {'image': images, 'label': labels}
     return batch if sharding is None else jax.device_put(batch, sharding)
@@ -218,7 +221,9 @@ class InferBench:
         self.partitions = mesh.size
         replicated = sharding_lib.replicated(mesh)
         self.params = jax.device_put(params, replicated)
-        self.images = random_batch(config, batch, sharding_lib.batch_sharding(mesh))['image']
+        images = random_batch(config, batch, sharding_lib.batch_sharding(mesh))['image']
+        # The forward alone is timed: the images are normalized once, here.
+        self.images = jax.jit(DeviceInput.from_config(config).normalize)(images)
         self.rng = jax.random.key(2)  # the reference token selector draws Gumbel noise at eval
 
         def forward(params, images, rng):

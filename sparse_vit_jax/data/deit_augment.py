@@ -15,6 +15,10 @@ Eval (DeiT `build_transform(is_train=False)`):
   Resize(shorter side -> floor(224 / 0.875) = 256, bicubic)
   -> CenterCrop(224) -> ToTensor -> Normalize(mean, std).
 
+Images leave the host as uint8: ToTensor + Normalize run on device inside the
+jitted step (`device_input.py`), and so does RandomErasing's fill; the host
+draws the erasing boxes ('erase' in a train example).
+
 Both decode with libjpeg's accurate integer DCT, as PIL does, and resize with
 antialiased bicubic filtering (PIL's behaviour when shrinking), rounding to
 uint8 in between like PIL images.
@@ -30,8 +34,7 @@ from sparse_vit_jax.data import jpeg_check
 from sparse_vit_jax.data import randaugment as randaugment_lib
 from sparse_vit_jax.data import random_erasing as erasing
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # RandAugment's default fill colour
 
 # Re-exported so the pipeline needs a single import for the DeiT recipe.
 is_decodable = jpeg_check.is_decodable
@@ -105,12 +108,6 @@ def resize_bicubic_uint8(image, size):
     return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
 
 
-def normalize(image, mean=IMAGENET_MEAN, std=IMAGENET_STD):
-    """uint8 [H, W, 3] -> float32 (x / 255 - mean) / std (ToTensor+Normalize)."""
-    image = tf.cast(image, tf.float32) / 255.0
-    return (image - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
-
-
 def _label(features):
     return tf.cast(features['label'], tf.int32)
 
@@ -163,10 +160,8 @@ def train_preprocess(
     hflip=0.5,
     randaugment='rand-m9-mstd0.5-inc1',
     reprob=0.25,
-    remode='pixel',
     recount=1,
     mean=IMAGENET_MEAN,
-    std=IMAGENET_STD,
     geometric_interpolation='bicubic',
     channels=3,
 ):
@@ -180,16 +175,19 @@ def train_preprocess(
       hflip: horizontal flip probability.
       randaugment: timm RandAugment spec string, a `RandAugmentConfig`, or
         None to skip RandAugment.
-      reprob, remode, recount: RandomErasing probability (0 disables), mode,
-        and maximum rectangle count (timm draws 1..recount).
-      mean, std: normalisation of [0, 1] pixels; the RandAugment fill colour
-        is derived from `mean` as timm does.
+      reprob, recount: RandomErasing probability (0 disables) and maximum
+        rectangle count (timm draws 1..recount); the boxes are drawn here, the
+        device fills them (its DeviceInput.erase_mode).
+      mean: the dataset's mean of [0, 1] pixels; the RandAugment fill colour is
+        derived from it as timm does (images are normalized on device).
       geometric_interpolation: 'bicubic' (timm/PIL) or 'bilinear' (faster) for
         RandAugment's rotate/shear/translate.
       channels: 3 (RGB), or 1 (augmented in RGB, then converted to luma).
 
     Returns:
-      {'image': float32 [image_size, image_size, 3], 'label': int32 []}.
+      {'image': uint8 [image_size, image_size, channels], 'label': int32 []}, and
+      'erase': int32 [recount, 4] boxes (top, left, height, width; zero-size
+      when not erased) when reprob > 0.
     """
     if isinstance(randaugment, str):
         randaugment = randaugment_lib.parse_randaugment(randaugment)
@@ -210,24 +208,23 @@ def train_preprocess(
             fill=randaugment_lib.fill_from_mean(tuple(mean) * (3 // len(mean))),
             interpolation=geometric_interpolation,
         )
-    image = normalize(_to_channels(image, channels), mean, std)
+    image = tf.ensure_shape(_to_channels(image, channels), [image_size, image_size, channels])
+    example = {'image': image, 'label': _label(features)}
     if reprob > 0:
         # timm builds RandomErasing(max_count=recount): 1..recount rectangles.
-        image = erasing.random_erasing(
-            image, erase_seed, probability=reprob, mode=remode, max_count=recount
+        example['erase'] = erasing.erase_boxes(
+            erase_seed, image_size, image_size, probability=reprob, max_count=recount
         )
-    image = tf.ensure_shape(image, [image_size, image_size, channels])
-    return {'image': image, 'label': _label(features)}
+    return example
 
 
-def eval_preprocess(
-    features, *, image_size=224, crop_pct=0.875, mean=IMAGENET_MEAN, std=IMAGENET_STD, channels=3
-):
-    """DeiT evaluation preprocessing of one example (deterministic).
+def eval_preprocess(features, *, image_size=224, crop_pct=0.875, channels=3):
+    """DeiT evaluation preprocessing of one example (deterministic), uint8 out.
 
     Resizes the shorter side to floor(image_size / crop_pct) with the longer
-    side int(size * long / short) (torchvision `Resize(int)`), centre-crops
-    image_size with offsets round((side - image_size) / 2), and normalises.
+    side int(size * long / short) (torchvision `Resize(int)`) and centre-crops
+    image_size with offsets round((side - image_size) / 2); the device
+    normalises.
     """
     if not 0 < crop_pct <= 1:
         raise ValueError(f'crop_pct must be in (0, 1], got {crop_pct}')
@@ -244,6 +241,5 @@ def eval_preprocess(
     top = tf.cast(tf.round(tf.cast(new_h - image_size, tf.float64) / 2.0), tf.int32)
     left = tf.cast(tf.round(tf.cast(new_w - image_size, tf.float64) / 2.0), tf.int32)
     image = tf.image.crop_to_bounding_box(image, top, left, image_size, image_size)
-    image = normalize(_to_channels(image, channels), mean, std)
-    image = tf.ensure_shape(image, [image_size, image_size, channels])
+    image = tf.ensure_shape(_to_channels(image, channels), [image_size, image_size, channels])
     return {'image': image, 'label': _label(features)}

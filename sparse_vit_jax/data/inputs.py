@@ -17,7 +17,8 @@ from sparse_vit_jax.data.pipeline import EvalInput, TrainInput
 class Recipe:
     """How a dataset's examples become model inputs."""
 
-    train: Callable  # ({'image', 'label'}, seed[2]) -> {'image', 'label'}
+    # Images come out uint8, normalized on device (data/device_input.py).
+    train: Callable  # ({'image', 'label'}, seed[2]) -> {'image', 'label'[, 'erase' boxes]}
     eval: Callable  # {'image', 'label'} -> {'image', 'label'}
     decoders: Mapping[str, Any] | None = None  # by role: {'image': ...}
     is_valid: Callable | None = None  # examples failing it are dropped and counted
@@ -25,32 +26,30 @@ class Recipe:
 
 def _small_images_recipe(config: Any) -> Recipe:
     """Decoded small images (Fashion-MNIST): padded random crop and flip."""
-    data, aug = config.data, config.data.augment
-    stats = dict(mean=tuple(data.mean), std=tuple(data.std))
+    aug = config.data.augment
     train = functools.partial(
-        small_images.train_preprocess, crop_padding=aug.crop_padding, flip=aug.flip, **stats
+        small_images.train_preprocess, crop_padding=aug.crop_padding, flip=aug.flip
     )
-    return Recipe(train, functools.partial(small_images.eval_preprocess, **stats))
+    return Recipe(train, small_images.eval_preprocess)
 
 
 def _deit_recipe(config: Any) -> Recipe:
     """Encoded images (JPEG, PNG) of any size with the DeiT augmentation, decoding only the crop
     of a JPEG; corrupt or truncated files skipped. One channel per normalization mean."""
     data, aug = config.data, config.data.augment
-    stats = dict(
-        mean=tuple(data.mean),
-        std=tuple(data.std),
-        image_size=config.model.image_size,
-        channels=len(data.mean),
-    )
+    size, channels = config.model.image_size, len(data.mean)
     train = functools.partial(
         deit_augment.train_preprocess,
+        image_size=size,
         hflip=0.5 if aug.flip else 0.0,
         randaugment=aug.randaugment or None,
         reprob=aug.reprob,
-        **stats,
+        mean=tuple(data.mean),  # RandAugment's fill colour
+        channels=channels,
     )
-    evaluate = functools.partial(deit_augment.eval_preprocess, crop_pct=aug.crop_pct, **stats)
+    evaluate = functools.partial(
+        deit_augment.eval_preprocess, image_size=size, crop_pct=aug.crop_pct, channels=channels
+    )
     return Recipe(
         train,
         evaluate,

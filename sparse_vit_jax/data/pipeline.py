@@ -213,8 +213,8 @@ class TrainInput:
         preprocess = self.preprocess
 
         def example(index, features):
-            out = preprocess(features, tf.stack([seed, index]))
-            return {'image': out['image'], 'label': tf.cast(out['label'], tf.int32)}
+            out = preprocess(features, tf.stack([seed, index]))  # uint8 image[, erase boxes]
+            return {**out, 'label': tf.cast(out['label'], tf.int32)}
 
         ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         return ds.batch(self.local_batch, drop_remainder=True)
@@ -329,7 +329,7 @@ class EvalInput:
         def example(features):
             out = preprocess(features)
             return {
-                'image': out['image'],
+                'image': out['image'],  # uint8: the eval step normalizes it on device
                 'label': tf.cast(out['label'], tf.int32),
                 'mask': tf.constant(True),
             }

@@ -1,4 +1,4 @@
-"""timm RandomErasing for tf.data, driven by stateless seeds.
+"""timm RandomErasing's boxes for tf.data, driven by stateless seeds.
 
 timm 0.3.2 `RandomErasing` (DeiT: probability 0.25, mode 'pixel', count 1),
 applied after normalisation:
@@ -15,20 +15,22 @@ applied after normalisation:
   erased;
 * the rectangle is filled with per-pixel standard normals ('pixel'), one
   normal per channel ('rand') or zeros ('const'), in normalised space.
+
+The host draws the boxes here (every choice above but the fill); images stay
+uint8 on the host, and the device fills the boxes after normalising
+(`device_input.fill_boxes`).
 """
 
 import math
 
 import tensorflow as tf
 
-_MODES = ('pixel', 'rand', 'const')
 
-
-def _erase_once(image, seed, area, min_area, max_area, log_aspect, mode, max_attempts):
-    """Draws one rectangle with timm's attempt loop and fills it."""
-    height, width = tf.shape(image)[0], tf.shape(image)[1]
-    channels = image.shape[-1]  # static: 3, or 1 for grayscale
-    area_seed, aspect_seed, top_seed, left_seed, fill_seed = tf.unstack(
+def _box(seed, height, width, area, min_area, max_area, log_aspect, max_attempts):
+    """One rectangle (top, left, h, w) with timm's attempt loop; zero size when none fits."""
+    # Five streams, the fifth once the fill's (now drawn on device): the boxes of a seed are
+    # those the host erased before images stayed uint8.
+    area_seed, aspect_seed, top_seed, left_seed, _ = tf.unstack(
         tf.random.experimental.stateless_split(seed, num=5)
     )
     # All attempts are drawn at once; taking the first that fits is the same
@@ -47,59 +49,45 @@ def _erase_once(image, seed, area, min_area, max_area, log_aspect, mode, max_att
     fits = (heights < height) & (widths < width)
     first = tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32)
     found = tf.reduce_any(fits)
-    # An empty box when no attempt fits: nothing is erased.
     box_h = tf.where(found, heights[first], 0)
     box_w = tf.where(found, widths[first], 0)
     top = tf.random.stateless_uniform([], top_seed, 0, height - box_h + 1, dtype=tf.int32)
     left = tf.random.stateless_uniform([], left_seed, 0, width - box_w + 1, dtype=tf.int32)
-    if mode == 'pixel':
-        # Draw noise for the box only (on average ~1/6 of the image).
-        patch = tf.random.stateless_normal(
-            tf.stack([box_h, box_w, channels]), fill_seed, dtype=image.dtype
-        )
-    elif mode == 'rand':
-        patch = tf.random.stateless_normal(
-            [1, 1, channels], fill_seed, dtype=image.dtype
-        ) * tf.ones(tf.stack([box_h, box_w, 1]), image.dtype)
-    else:
-        patch = tf.zeros(tf.stack([box_h, box_w, channels]), image.dtype)
-    # Splice the patch in: one copy of the image, no full-size mask.
-    band = image[top : top + box_h]
-    band = tf.concat([band[:, :left], patch, band[:, left + box_w :]], axis=1)
-    return tf.concat([image[:top], band, image[top + box_h :]], axis=0)
+    return tf.stack([top, left, box_h, box_w])
 
 
-def random_erasing(
-    image,
+def erase_boxes(
     seed,
+    height,
+    width,
     *,
     probability=0.25,
     min_area=0.02,
     max_area=1 / 3,
     min_aspect=0.3,
     max_aspect=None,
-    mode='pixel',
     min_count=1,
     max_count=None,
     max_attempts=10,
 ):
-    """timm RandomErasing on a normalised float [H, W, C] image.
+    """timm RandomErasing's rectangles for one height x width image.
 
     Args:
-      image: float tensor [H, W, C] (C static), already normalised.
       seed: int32/int64 tensor [2]; the output is a pure function of it.
+      height, width: the image's size (Python ints or int32 scalars).
       probability: chance that the image is erased at all.
       min_area, max_area: bounds of the erased fraction of the image (split
         evenly between rectangles when count > 1).
       min_aspect, max_aspect: aspect (h / w) range, sampled log-uniformly;
         max_aspect defaults to 1 / min_aspect.
-      mode: 'pixel', 'rand' or 'const' (see module docstring).
       min_count, max_count: number of rectangles (max_count defaults to
         min_count).
       max_attempts: tries per rectangle before giving up (timm: 10).
+
+    Returns:
+      int32 [max_count, 4]: (top, left, height, width) per rectangle, in the
+      order timm erases them; rectangles not drawn have zero size.
     """
-    if mode not in _MODES:
-        raise ValueError(f'random erasing mode must be one of {_MODES}, got {mode!r}')
     max_count = max_count or min_count
     if not 1 <= min_count <= max_count:
         raise ValueError(f'need 1 <= min_count <= max_count, got {min_count}, {max_count}')
@@ -114,20 +102,12 @@ def random_erasing(
         count = tf.random.stateless_uniform(
             [], count_seed, min_count, max_count + 1, dtype=tf.int32
         )
-    shape = tf.cast(tf.shape(image), tf.float64)
-    area = shape[0] * shape[1] / tf.cast(count, tf.float64)
+    height, width = tf.cast(height, tf.int32), tf.cast(width, tf.int32)
+    area = tf.cast(height * width, tf.float64) / tf.cast(count, tf.float64)
     rect_seeds = tf.random.experimental.stateless_split(rect_seed, num=max_count)
-
-    def erase():
-        erased = image
-        for i in range(max_count):
-            candidate = _erase_once(
-                erased, rect_seeds[i], area, min_area, max_area, log_aspect, mode, max_attempts
-            )
-            erased = tf.where(i < count, candidate, erased)
-        erased.set_shape(image.shape)
-        return erased
-
-    # tf.cond skips the noise generation for the 75% of images left alone.
     do_erase = tf.random.stateless_uniform([], gate_seed) < probability
-    return tf.cond(do_erase, erase, lambda: image)
+    boxes = []
+    for i in range(max_count):
+        box = _box(rect_seeds[i], height, width, area, min_area, max_area, log_aspect, max_attempts)
+        boxes.append(tf.where(do_erase & (i < count), box, tf.zeros_like(box)))
+    return tf.stack(boxes)

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sparse_vit_jax.data import EvalInput, prefetch_to_device
+from sparse_vit_jax.data.device_input import DeviceInput
 from sparse_vit_jax.train import sharding as sharding_lib
 from sparse_vit_jax.train.restore import restore_model
 from sparse_vit_jax.train.steps import eval_step
@@ -22,9 +23,13 @@ logger = logging.getLogger(__name__)
 PROGRESS_SECONDS = 30.0
 
 
-def make_eval_fn(model: Any, mesh: jax.sharding.Mesh):
-    """A jitted (params, masks, batch, rng) -> summed metrics, replicated on the mesh."""
-    return jax.jit(functools.partial(eval_step, model), out_shardings=sharding_lib.replicated(mesh))
+def make_eval_fn(model: Any, mesh: jax.sharding.Mesh, inputs: DeviceInput | None = None):
+    """A jitted (params, masks, batch, rng) -> summed metrics, replicated on the mesh; `inputs`
+    normalizes the uint8 images of the pipeline's batches (`DeviceInput.from_config(config)`)."""
+    return jax.jit(
+        functools.partial(eval_step, model, inputs=inputs),
+        out_shardings=sharding_lib.replicated(mesh),
+    )
 
 
 def evaluate(
@@ -76,7 +81,7 @@ def evaluate_checkpoint(
     restored = restore_model(workdir, step=step, data_dir=data_dir, split=split)
     config, params, mesh = restored.config, restored.params, restored.mesh
     _, eval_input = data_lib.make_inputs(config)
-    eval_fn = make_eval_fn(restored.model, mesh)
+    eval_fn = make_eval_fn(restored.model, mesh, DeviceInput.from_config(config))
     results = evaluate(eval_fn, params, restored.forward_masks, eval_input, mesh, config.seed)
     return {
         'step': restored.step,

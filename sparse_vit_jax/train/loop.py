@@ -23,6 +23,7 @@ from jax.experimental import multihost_utils
 from sparse_vit_jax import config as config_lib
 from sparse_vit_jax import data as data_lib
 from sparse_vit_jax import paths, pretrained
+from sparse_vit_jax.data.device_input import DeviceInput
 from sparse_vit_jax.errors import NonFiniteError, UserError
 from sparse_vit_jax.layer_order import in_model_order
 from sparse_vit_jax.models import create_model_from_config
@@ -126,7 +127,9 @@ class Trainer:
             out_shardings=(self.state_sharding, sharding_lib.replicated(self.mesh)),
             donate_argnums=0,
         )
-        self.eval_fn = evaluation.make_eval_fn(self.model, self.mesh)
+        self.eval_fn = evaluation.make_eval_fn(
+            self.model, self.mesh, DeviceInput.from_config(config)
+        )
         self.sparsity_summary = jax.jit(sparsity_api.summary)
         self.logged_update = -1
         self.checkpointer: Checkpointer | None = None  # opened by `run`, under the lease

@@ -1,6 +1,7 @@
 """Pure train and eval steps (jit them with shardings; they read no globals).
 
-One train step: fold the step into the run's key and split it by purpose, forward with the
+One train step: fold the step into the run's key and split it by purpose, turn the batch's
+uint8 images into normalized model inputs (random-erasing boxes filled), forward with the
 masks the optimizer state holds, loss against (smoothed, optionally mixed) targets, dense
 gradients, the optimizer update (the sparse transformation prunes and grows inside it), and a
 non-finite guard that keeps the last finite state and records the step that went bad.
@@ -19,6 +20,7 @@ import optax
 
 from sparse_vit_jax import config as config_lib
 from sparse_vit_jax.data import mixup
+from sparse_vit_jax.data.device_input import DeviceInput, model_images
 from sparse_vit_jax.data.mixup import smooth_labels
 from sparse_vit_jax.layer_order import block_names
 from sparse_vit_jax.models.vit import HEAD_OUTPUTS
@@ -26,8 +28,9 @@ from sparse_vit_jax.sparsity import api as sparsity_api
 from sparse_vit_jax.sparsity import schedules
 from sparse_vit_jax.train.state import TrainState
 
-# Independent random streams, one per purpose, all derived from (seed, step).
-STREAMS = ('dropout', 'gumbel', 'mixup', 'sparsity')
+# Independent random streams, one per purpose, all derived from (seed, step). New ones go last:
+# with partitionable Threefry the first streams keep their keys when one is added.
+STREAMS = ('dropout', 'gumbel', 'mixup', 'sparsity', 'erasing')
 
 
 def step_keys(seed: int, step: jax.Array) -> dict[str, jax.Array]:
@@ -65,6 +68,8 @@ class TrainStep:
       needs_head_scores: whether the optimizer wants S²ViTE head scores at update steps.
       needs_neuron_gate_grads: whether it wants the loss gradient at the neuron gates
         (improved S²ViTE growth); the forward pass then takes float gates.
+      inputs: how the batch's uint8 images become model inputs (normalization, random-erasing
+        fill); None takes batch['image'] as the model input (already normalized floats).
       mix: optional (key, images, labels) -> (images, soft targets) on device (Mixup/CutMix).
       tau: optional step -> Gumbel temperature for the token selector.
     """
@@ -77,6 +82,7 @@ class TrainStep:
     fidelity: str = 'reference'
     needs_head_scores: bool = False
     needs_neuron_gate_grads: bool = False
+    inputs: DeviceInput | None = None
     mix: Callable | None = None
     tau: Callable | None = None
     ema_decay: float = 0.0
@@ -85,10 +91,13 @@ class TrainStep:
         """The masks the forward pass takes of the optimizer's `masks`."""
         return sparsity_api.forward_masks(masks, self.fidelity)
 
-    def _targets(self, keys, images, labels):
+    def _targets(self, keys, batch):
+        """The model inputs and soft targets of a batch: its images normalized (and erased),
+        then mixed, or its labels smoothed."""
+        images = model_images(batch, self.inputs, keys['erasing'])
         if self.mix is not None:
-            return self.mix(keys['mixup'], images, labels)
-        return images, smooth_labels(labels, self.num_classes, self.label_smoothing)
+            return self.mix(keys['mixup'], images, batch['label'])
+        return images, smooth_labels(batch['label'], self.num_classes, self.label_smoothing)
 
     def _gradients(self, params, masks, images, targets, keys, step, gate_grads: bool):
         """Loss, logits, dense gradients and the scores the optimizer wants at `params`: S²ViTE
@@ -152,13 +161,13 @@ class TrainStep:
         first step computes them: what magnitude init from trained weights keeps heads by."""
         step = jnp.zeros((), jnp.int32)
         keys = step_keys(self.seed, step)
-        images, targets = self._targets(keys, batch['image'], batch['label'])
+        images, targets = self._targets(keys, batch)
         scoring = dataclasses.replace(self, needs_head_scores=True)  # static runs score too
         return scoring._gradients(params, None, images, targets, keys, step, gate_grads=False)[3]
 
     def __call__(self, state: TrainState, batch: dict[str, jax.Array]):
         keys = step_keys(self.seed, state.step)
-        images, targets = self._targets(keys, batch['image'], batch['label'])
+        images, targets = self._targets(keys, batch)
         loss, logits, grads, update_args = self._gradients(
             state.params,
             self.forward_masks(state.masks),
@@ -250,6 +259,7 @@ def make_train_step(
         fidelity=config.sparsity.fidelity,
         needs_head_scores=spec is not None and spec.needs_head_scores,
         needs_neuron_gate_grads=spec is not None and spec.needs_neuron_gate_grads,
+        inputs=DeviceInput.from_config(config),
         mix=mixup_fn(config),
         tau=token_temperature(config, total_steps),
         ema_decay=config.ema_decay,
@@ -262,13 +272,17 @@ def eval_step(
     masks: Any,
     batch: dict[str, jax.Array],
     rng: jax.Array | None = None,
+    *,
+    inputs: DeviceInput | None = None,
 ) -> dict[str, jax.Array]:
     """Sums over the real (unpadded) examples of a batch: count, loss, top-1 and top-5 hits.
 
     `rng` feeds the 'gumbel' stream: the reference token selector draws fresh noise at eval.
+    `inputs` normalizes the batch's uint8 images (None: they are normalized floats already).
     """
     rngs = {} if rng is None else {'gumbel': rng}
-    logits = model.apply({'params': params}, batch['image'], masks=masks, train=False, rngs=rngs)
+    images = model_images(batch, inputs)
+    logits = model.apply({'params': params}, images, masks=masks, train=False, rngs=rngs)
     weight = batch['mask'].astype(jnp.float32)
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label'])
     top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]

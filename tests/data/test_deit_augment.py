@@ -72,12 +72,9 @@ def test_crop_windows_stay_inside_with_timm_area_and_ratio():
 def test_train_output_shape_dtype_label_and_range(features, train_fn):
     out = train_fn(features, tf.constant([1, 2], tf.int64), reprob=0.0)
     assert out['image'].shape == (SIZE, SIZE, 3)
-    assert out['image'].dtype == tf.float32
+    assert out['image'].dtype == tf.uint8  # normalized on device
     assert out['label'].dtype == tf.int32 and int(out['label']) == 7
-    image = out['image'].numpy()
-    low = (0 - np.array(da.IMAGENET_MEAN)) / da.IMAGENET_STD
-    high = (1 - np.array(da.IMAGENET_MEAN)) / da.IMAGENET_STD
-    assert (image >= low - 1e-6).all() and (image <= high + 1e-6).all()
+    assert 'erase' not in out  # reprob 0: no boxes
 
 
 def test_train_is_deterministic_per_seed(features, train_fn):
@@ -100,8 +97,8 @@ def test_train_without_randaugment_or_erasing_is_crop_flip_only(features):
     )  # forces the centre fallback
     # Fallback on a 60 x 80 image (ratio 4/3): the whole image, resized.
     decoded = tf.io.decode_jpeg(features['image'], dct_method='INTEGER_ACCURATE')
-    expected = da.normalize(da.resize_bicubic_uint8(decoded, (SIZE, SIZE)))
-    np.testing.assert_allclose(plain['image'], expected, atol=1e-6)
+    expected = da.resize_bicubic_uint8(decoded, (SIZE, SIZE))
+    np.testing.assert_array_equal(plain['image'], expected)
     flipped = da.train_preprocess(
         features,
         tf.constant([0, 0]),
@@ -111,7 +108,7 @@ def test_train_without_randaugment_or_erasing_is_crop_flip_only(features):
         hflip=1.0,
         scale=(2.0, 3.0),
     )
-    np.testing.assert_allclose(flipped['image'], expected[:, ::-1], atol=1e-6)
+    np.testing.assert_array_equal(flipped['image'], expected[:, ::-1])
 
 
 def test_train_bilinear_geometry_option_runs(features):
@@ -136,10 +133,6 @@ def _ramps(height, width):
     )
 
 
-def _unnormalize(image):
-    return np.asarray(image) * da.IMAGENET_STD * 255 + np.array(da.IMAGENET_MEAN) * 255
-
-
 @pytest.mark.parametrize('height,width', [(375, 500), (500, 375)])
 def test_eval_resizes_short_side_and_keeps_the_centre(height, width):
     features = {
@@ -148,7 +141,7 @@ def test_eval_resizes_short_side_and_keeps_the_centre(height, width):
     }
     out = da.eval_preprocess(features, image_size=224, crop_pct=0.875)
     assert out['image'].shape == (224, 224, 3)
-    pixels = _unnormalize(out['image'])
+    pixels = out['image'].numpy().astype(np.float64)
     # Short side -> 256, long side int(256 * 500 / 375) = 341; centre crop
     # offsets round(117 / 2) = 58 (half to even) and (256 - 224) / 2 = 16.
     scale = max(height, width) / 341

@@ -80,7 +80,9 @@ def test_eval_counts_once_on_eight_devices(tiny_data_dir, run_with_devices):
         mesh = sharding.make_mesh(c.mesh)
         model = create_model_from_config(c.model)
         params = model.init(jax.random.key(0), jax.numpy.zeros((1, 16, 16, 3)))['params']
-        r = evaluation.evaluate(evaluation.make_eval_fn(model, mesh), params, None, ev, mesh)
+        from sparse_vit_jax.data.device_input import DeviceInput
+        eval_fn = evaluation.make_eval_fn(model, mesh, DeviceInput.from_config(c))
+        r = evaluation.evaluate(eval_fn, params, None, ev, mesh)
         print(jax.device_count(), r['num_examples'], ev.num_batches)
     ''')
     assert out.split() == ['8', '23', '2']
