@@ -50,7 +50,9 @@ def test_deit_recipe_trains_and_evaluates_at_224(imagenet_dirs, tmp_path):
     batch = next(train_input.batches())
     assert batch['image'].shape == (6, 224, 224, 3)
     assert list(batch['label'][:3]) == [batch['label'][0]] * 3  # repeated augmentation
-    assert int(train_input.skipped.numpy()) == 1  # the corrupt JPEG, skipped and counted
+    # The corrupt JPEG, skipped and counted: once per epoch, and with 2 batches per epoch the
+    # next epoch's pipeline starts at once (next_epoch_lookahead) and may have counted it too.
+    assert int(train_input.skipped.numpy()) in (1, 2)
     results = loop.train_and_evaluate(c, str(tmp_path))
     assert results['step'] == 2 * (12 // 6) and results['num_examples'] == 6
     report = evaluation.evaluate_checkpoint(str(tmp_path))
