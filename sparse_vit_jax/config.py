@@ -25,7 +25,7 @@ from sparse_vit_jax.models.token_selector import EVAL_MODES as TOKEN_EVAL_MODES
 from sparse_vit_jax.models.token_selector import MODES as TOKEN_MODES
 from sparse_vit_jax.models.vit import REMAT_CHOICES
 from sparse_vit_jax.sparsity import distributions
-from sparse_vit_jax.sparsity.api import FIDELITIES
+from sparse_vit_jax.sparsity.state import FIDELITIES
 from sparse_vit_jax.train import sharding as sharding_lib
 
 # What each fidelity's token selector does unless a config says otherwise: the official code

@@ -28,7 +28,7 @@ from etils import epath
 from sparse_vit_jax import config as config_lib
 from sparse_vit_jax import convert, paths, weights
 from sparse_vit_jax.models import create_model
-from sparse_vit_jax.sparsity import api as sparsity_api
+from sparse_vit_jax.sparsity import state as sparsity_state
 from sparse_vit_jax.train.restore import RestoredModel, restore_model
 
 FORMATS = ('timm', 'stablehlo')
@@ -135,7 +135,7 @@ def export_timm(workdir: str, out: str, step: int | None = None) -> dict[str, An
     model_args['in_chans'] = len(config.data.mean)
     params = jax.device_get(restored.params)
     if restored.masks is not None:  # the zeros are already there; make them exact regardless
-        params = sparsity_api.apply_weight_masks(params, restored.masks['weights'])
+        params = sparsity_state.apply_weight_masks(params, restored.masks['weights'])
     state = convert.to_timm(params)
     folder = _out_folder(out, TIMM_WEIGHTS)
     weights.save_safetensors(state, str(folder / TIMM_WEIGHTS), metadata={'format': 'pt'})

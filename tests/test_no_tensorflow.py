@@ -45,7 +45,7 @@ def test_model_sparsity_train_step_and_benchmark_run_without_tensorflow():
     out = _run(
         f'''
         import json, runpy, sys
-        import sparse_vit_jax.models, sparse_vit_jax.sparsity.api, sparse_vit_jax.train.steps
+        import sparse_vit_jax.models, sparse_vit_jax.sparsity.state, sparse_vit_jax.train.steps
         import sparse_vit_jax.flops
         from sparse_vit_jax import config as config_lib
         from sparse_vit_jax.benchmark import jax_bench

@@ -20,8 +20,8 @@ from sparse_vit_jax import config as config_lib
 from sparse_vit_jax import flops
 from sparse_vit_jax.benchmark.timing import Runner
 from sparse_vit_jax.data.device_input import DeviceInput
-from sparse_vit_jax.models import create_model_from_config
-from sparse_vit_jax.sparsity import api as sparsity_api
+from sparse_vit_jax.models import create_model_from_config, input_shape
+from sparse_vit_jax.sparsity import state as sparsity_state
 from sparse_vit_jax.sparsity import schedules
 from sparse_vit_jax.train import steps as steps_lib
 from sparse_vit_jax.train import optimizer as optimizer_lib
@@ -61,11 +61,6 @@ def dense_counterpart(config: ml_collections.ConfigDict) -> ml_collections.Confi
     return c
 
 
-def image_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
-    size = config.model.image_size
-    return (size, size, len(config.data.mean))
-
-
 def _mesh(config: ml_collections.ConfigDict, batch: int, devices=None) -> jax.sharding.Mesh:
     mesh = sharding_lib.make_mesh(config.mesh, devices)
     if batch % mesh.size:
@@ -78,7 +73,7 @@ def random_batch(config: ml_collections.ConfigDict, batch: int, sharding: Any) -
     step) and uniform labels, placed like training's batches (left where they are when
     `sharding` is None)."""
     image_key, label_key = jax.random.split(jax.random.key(1))
-    shape = (batch,) + image_shape(config)
+    shape = (batch,) + input_shape(config)
     images = jax.random.randint(image_key, shape, 0, 256, jnp.int32).astype(jnp.uint8)
     labels = jax.random.randint(label_key, (batch,), 0, config.model.num_classes, jnp.int32)
     batch = {'image': images, 'label': labels}
@@ -99,7 +94,7 @@ def bench_total_steps(config: ml_collections.ConfigDict) -> int:
 
 def with_count(state: TrainState, count: jax.Array) -> TrainState:
     """The state as if `count` optimizer steps had been taken (step and the sparse count)."""
-    sparse = sparsity_api.sparse_state(state.opt_state)
+    sparse = sparsity_state.sparse_state(state.opt_state)
     if sparse is not None:
         state = state.replace(opt_state=sparse._replace(count=count))
     return state.replace(step=count)
@@ -122,7 +117,7 @@ class TrainProgram:
         self.mesh = mesh
         self.partitions = mesh.size
         model = create_model_from_config(config.model, config.tokens)
-        shape = image_shape(config)
+        shape = input_shape(config)
         key = jax.random.key(seed)
         total = bench_total_steps(config)
         params_shape = jax.eval_shape(lambda: init_params(model, key, shape))
@@ -199,7 +194,7 @@ class TrainBench(TrainProgram):
 
     def last_update_step(self) -> int | None:
         """The step of the latest topology update in the state (0: none yet), None if dense."""
-        sparse = sparsity_api.sparse_state(self.state.opt_state)
+        sparse = sparsity_state.sparse_state(self.state.opt_state)
         return None if sparse is None else int(sparse.last_update['step'])
 
     def gflops_per_image(self) -> float | None:
@@ -245,7 +240,7 @@ class InferBench:
 
 
 def random_params(config: ml_collections.ConfigDict, model: Any, seed: int = 0) -> Any:
-    return jax.jit(lambda key: init_params(model, key, image_shape(config)))(jax.random.key(seed))
+    return jax.jit(lambda key: init_params(model, key, input_shape(config)))(jax.random.key(seed))
 
 
 class MatmulBench:

@@ -22,7 +22,7 @@ from sparse_vit_jax.config import method
 from sparse_vit_jax.benchmark import jax_bench, timing
 from sparse_vit_jax.models import create_model_from_config, model_kwargs
 from sparse_vit_jax.models import slim as slim_lib
-from sparse_vit_jax.sparsity import api as sparsity_api
+from sparse_vit_jax.sparsity import state as sparsity_state
 from sparse_vit_jax.sparsity import masks as masks_lib
 from sparse_vit_jax.train import restore as restore_lib
 
@@ -259,7 +259,7 @@ def deployed_model(config: ml_collections.ConfigDict, seed: int = 0) -> tuple[An
     elif method(s.method).sparse:
         densities = masks_lib.layer_densities(params, s.density, s.distribution)
         weights = masks_lib.random_weight_masks(key, params, densities, exact=True)
-        params = sparsity_api.apply_weight_masks(params, weights)
+        params = sparsity_state.apply_weight_masks(params, weights)
         kinds.insert(0, 'unstructured zeros in dense shapes')
     return model, params, ', '.join(kinds) or 'dense'
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from sparse_vit_jax.benchmark import jax_bench, timing
 from sparse_vit_jax.errors import UserError
-from sparse_vit_jax.sparsity import api as sparsity_api
+from sparse_vit_jax.sparsity import state as sparsity_state
 
 GIB = 2**30
 
@@ -41,7 +41,7 @@ def state_bytes_per_device(program: jax_bench.TrainProgram) -> dict[str, int]:
     """What the train state puts on one device, by part: params, Adam moments and the rest of
     the optimizer state, masks (with the sparse bookkeeping), EMA."""
     state = program.abstract_state
-    sparse = sparsity_api.sparse_state(state.opt_state)
+    sparse = sparsity_state.sparse_state(state.opt_state)
     masks = 0 if sparse is None else _shard_bytes(sparse) - _shard_bytes(sparse.inner_state)
     return {
         'params': _shard_bytes(state.params),

@@ -95,6 +95,14 @@ def config_kwargs(
     return {k: v for k, v in kwargs.items() if k not in ('name', 'dtype')}
 
 
+def input_shape(config: Mapping[str, Any]) -> tuple[int, int, int]:
+    """(H, W, C) of a run's model input: the configured size, one channel per normalization mean
+    (the dataset check at start makes sure the data has them). Takes a ConfigDict or the dict a
+    checkpoint's metadata holds."""
+    size = config['model']['image_size']
+    return (size, size, len(config['data']['mean']))
+
+
 def create_model_from_config(
     model_config: Mapping[str, Any], tokens_config: Mapping[str, Any] | None = None
 ) -> VisionTransformer:

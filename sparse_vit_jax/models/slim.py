@@ -28,7 +28,7 @@ import jax
 import numpy as np
 
 from sparse_vit_jax.layer_order import block_names
-from sparse_vit_jax.sparsity.api import FIDELITIES
+from sparse_vit_jax.sparsity.state import FIDELITIES
 
 
 def unit_masks(masks: Mapping[str, Any] | None) -> tuple[np.ndarray, np.ndarray]:

@@ -34,7 +34,7 @@ import optax
 from sparse_vit_jax.layer_order import block_names
 from sparse_vit_jax.sparsity import masks as masks_lib
 from sparse_vit_jax.sparsity import prune_grow, schedules
-from sparse_vit_jax.sparsity.api import SparseState
+from sparse_vit_jax.sparsity.state import SparseState
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,7 +86,7 @@ class SparsitySpec:
     @property
     def gates_units(self) -> bool:
         """Pruned heads/neurons are gated and keep their weights (improved S²ViTE), instead of
-        having their weights held at 0 (`api.zeroed_masks` states the same rule on masks)."""
+        having their weights held at 0 (`state.zeroed_masks` states the same rule on masks)."""
         return self.structured and self.improved
 
     @property

@@ -26,8 +26,8 @@ from sparse_vit_jax import paths, pretrained
 from sparse_vit_jax.data.device_input import DeviceInput
 from sparse_vit_jax.errors import NonFiniteError, UserError
 from sparse_vit_jax.layer_order import in_model_order
-from sparse_vit_jax.models import create_model_from_config
-from sparse_vit_jax.sparsity import api as sparsity_api
+from sparse_vit_jax.models import create_model_from_config, input_shape
+from sparse_vit_jax.sparsity import state as sparsity_state
 from sparse_vit_jax.train import evaluation
 from sparse_vit_jax.train import optimizer as optimizer_lib
 from sparse_vit_jax.train import record as record_lib
@@ -42,12 +42,6 @@ from sparse_vit_jax.train.throughput import Interval, StepTimer
 from sparse_vit_jax.train.steps import make_train_step
 
 logger = logging.getLogger(__name__)
-
-
-def image_shape(config: ml_collections.ConfigDict) -> tuple:
-    """(H, W, C) of the model's input: the configured size, one channel per normalization mean
-    (the dataset check at start makes sure the data has them)."""
-    return (config.model.image_size, config.model.image_size, len(config.data.mean))
 
 
 def check_processes_agree(**values: int) -> None:
@@ -89,7 +83,7 @@ class Trainer:
         self.total_steps = max(1, round(config.num_epochs * self.steps_per_epoch))
         check_processes_agree(steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps)
         self.model = create_model_from_config(config.model, config.tokens)
-        shape = image_shape(config)
+        shape = input_shape(config)
         key = jax.random.fold_in(jax.random.key(config.seed), 0x1417)
         self.init_params = lambda: init_params(self.model, key, shape)
         tx, self.lr_schedule, spec = optimizer_lib.make_optimizer(
@@ -130,7 +124,7 @@ class Trainer:
         self.eval_fn = evaluation.make_eval_fn(
             self.model, self.mesh, DeviceInput.from_config(config)
         )
-        self.sparsity_summary = jax.jit(sparsity_api.summary)
+        self.sparsity_summary = jax.jit(sparsity_state.summary)
         self.logged_update = -1
         self.checkpointer: Checkpointer | None = None  # opened by `run`, under the lease
         self.writer: MetricWriter | None = None

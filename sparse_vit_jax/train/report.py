@@ -9,7 +9,7 @@ import numpy as np
 
 from sparse_vit_jax.layer_order import in_model_order, named_leaves
 from sparse_vit_jax.sparsity import masks as masks_lib
-from sparse_vit_jax.sparsity.api import apply_weight_masks
+from sparse_vit_jax.sparsity.state import apply_weight_masks
 
 
 def _named_leaves(tree: Any) -> list[tuple[str, np.ndarray]]:

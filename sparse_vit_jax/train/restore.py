@@ -15,7 +15,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from sparse_vit_jax.models import create_model_from_config
+from sparse_vit_jax.models import create_model_from_config, input_shape
 from sparse_vit_jax.train import sharding as sharding_lib
 from sparse_vit_jax.train.checkpoint import Checkpointer
 from sparse_vit_jax.train.state import TrainState, init_params
@@ -24,12 +24,6 @@ from sparse_vit_jax.train.state import TrainState, init_params
 def model_from_config(config: Any) -> Any:
     """The model a run config describes: its `model` section with its `tokens` selector."""
     return create_model_from_config(config['model'], config.get('tokens'))
-
-
-def input_shape(config: Any) -> tuple[int, int, int]:
-    """(H, W, C) of the model's input: the configured size, one channel per normalization mean."""
-    size = config['model']['image_size']
-    return (size, size, len(config['data']['mean']))
 
 
 def restore_mesh(config: Any) -> jax.sharding.Mesh:
@@ -67,9 +61,9 @@ class RestoredModel:
     @property
     def forward_masks(self) -> Any:
         """The masks the forward pass takes (head/neuron gates in improved structured mode)."""
-        from sparse_vit_jax.sparsity import api as sparsity_api
+        from sparse_vit_jax.sparsity import state as sparsity_state
 
-        return sparsity_api.forward_masks(self.masks, self.config.sparsity.fidelity)
+        return sparsity_state.forward_masks(self.masks, self.config.sparsity.fidelity)
 
 
 def restore_model(

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from sparse_vit_jax.sparsity import api as sparsity_api
+from sparse_vit_jax.sparsity import state as sparsity_state
 
 
 @flax.struct.dataclass
@@ -23,7 +23,7 @@ class TrainState:
     @property
     def masks(self) -> dict | None:
         """The masks pytree ({'weights', 'heads', 'neurons'}) or None for dense training."""
-        return sparsity_api.masks_of(self.opt_state)
+        return sparsity_state.masks_of(self.opt_state)
 
 
 def init_params(model: Any, key: jax.Array, image_shape: tuple[int, ...]) -> Any:
@@ -43,11 +43,11 @@ def create_train_state(
 ) -> TrainState:
     """Initializes params (unless given, e.g. trained weights) and the optimizer state; the
     optimizer applies the initial masks (`fidelity` decides which, see
-    `sparsity.api.zeroed_masks`; `head_taylor`: S²ViTE head scores for magnitude init)."""
+    `sparsity.state.zeroed_masks`; `head_taylor`: S²ViTE head scores for magnitude init)."""
     if params is None:
         params = init_params(model, key, image_shape)
     opt_state = tx.init(params) if head_taylor is None else tx.init(params, head_taylor=head_taylor)
-    params = sparsity_api.apply_masks(params, opt_state, fidelity)
+    params = sparsity_state.apply_masks(params, opt_state, fidelity)
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,

@@ -24,7 +24,7 @@ from sparse_vit_jax.data.device_input import DeviceInput, model_images
 from sparse_vit_jax.data.mixup import smooth_labels
 from sparse_vit_jax.layer_order import block_names
 from sparse_vit_jax.models.vit import HEAD_OUTPUTS
-from sparse_vit_jax.sparsity import api as sparsity_api
+from sparse_vit_jax.sparsity import state as sparsity_state
 from sparse_vit_jax.sparsity import schedules
 from sparse_vit_jax.train.state import TrainState
 
@@ -62,9 +62,9 @@ class TrainStep:
 
     Attributes:
       fidelity: config.sparsity.fidelity. It decides which of the optimizer's masks the forward
-        pass takes (`sparsity.api.forward_masks`: the head/neuron gates in improved structured
+        pass takes (`sparsity.state.forward_masks`: the head/neuron gates in improved structured
         runs, else none, the weights carrying the zeros) and whose zeros the params and their
-        EMA hold (`sparsity.api.zeroed_masks`).
+        EMA hold (`sparsity.state.zeroed_masks`).
       needs_head_scores: whether the optimizer wants S²ViTE head scores at update steps.
       needs_neuron_gate_grads: whether it wants the loss gradient at the neuron gates
         (improved S²ViTE growth); the forward pass then takes float gates.
@@ -89,7 +89,7 @@ class TrainStep:
 
     def forward_masks(self, masks: dict | None) -> dict | None:
         """The masks the forward pass takes of the optimizer's `masks`."""
-        return sparsity_api.forward_masks(masks, self.fidelity)
+        return sparsity_state.forward_masks(masks, self.fidelity)
 
     def _targets(self, keys, batch):
         """The model inputs and soft targets of a batch: its images normalized (and erased),
@@ -189,9 +189,9 @@ class TrainStep:
             )
             # The EMA of a sparse run is the sparse model: held to the same zeros as the params
             # (a pruned weight's average would otherwise decay towards 0 but never reach it).
-            zeroed = sparsity_api.zeroed_masks(sparsity_api.masks_of(opt_state), self.fidelity)
+            zeroed = sparsity_state.zeroed_masks(sparsity_state.masks_of(opt_state), self.fidelity)
             if zeroed is not None:
-                ema = sparsity_api.apply_weight_masks(ema, zeroed)
+                ema = sparsity_state.apply_weight_masks(ema, zeroed)
             new_state = new_state.replace(ema_params=ema)
         # Non-finite guard: keep the last finite state (so no non-finite checkpoint can ever be
         # written) and remember the first step that went bad; the loop stops on it.

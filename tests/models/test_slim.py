@@ -27,7 +27,7 @@ from sparse_vit_jax.models.slim import (
     slim_model_config,
     slim_params,
 )
-from sparse_vit_jax.sparsity.api import apply_masks, apply_weight_masks, forward_masks
+from sparse_vit_jax.sparsity.state import apply_masks, apply_weight_masks, forward_masks
 from sparse_vit_jax.sparsity.transform import unit_weight_masks
 from sparse_vit_jax.train import evaluation, loop
 from sparse_vit_jax.train import optimizer as optimizer_lib

@@ -16,7 +16,7 @@ import pytest
 
 from sparse_vit_jax.data.mixup import smooth_labels
 from sparse_vit_jax.models import create_model
-from sparse_vit_jax.sparsity import api
+from sparse_vit_jax.sparsity import state as sparsity_state
 from sparse_vit_jax.sparsity.transform import SparsitySpec, sparse_training
 from sparse_vit_jax.train.state import create_train_state
 from sparse_vit_jax.train.steps import TrainStep
@@ -68,7 +68,7 @@ def test_a_neuron_whose_growth_lowers_the_loss_scores_and_the_best_one_is_grown(
     state, step = improved_run
     batch = _batch(0)
     targets = smooth_labels(batch['label'], 10, 0.1)
-    masks = api.forward_masks(state.masks, 'improved')
+    masks = sparsity_state.forward_masks(state.masks, 'improved')
 
     def loss(gates):
         logits = MODEL.apply(

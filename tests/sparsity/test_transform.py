@@ -10,7 +10,8 @@ import optax
 import pytest
 
 from sparse_vit_jax.models import create_model
-from sparse_vit_jax.sparsity import api, prune_grow, schedules
+from sparse_vit_jax.sparsity import prune_grow, schedules
+from sparse_vit_jax.sparsity import state as sparsity_state
 from sparse_vit_jax.sparsity.transform import SparsitySpec, sparse_training, unit_weight_masks
 from sparse_vit_jax.train.state import create_train_state
 from sparse_vit_jax.train.steps import TrainStep
@@ -120,7 +121,7 @@ def test_jitted_update_equals_the_eager_per_tensor_function():
     tx = sparse_training(inner, spec)
     params = MODEL.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))['params']
     state = tx.init(params)
-    params = api.apply_masks(params, state)
+    params = sparsity_state.apply_masks(params, state)
     grads = jax.tree.map(lambda p: jax.random.normal(jax.random.key(7), p.shape), params)
     updates, new_state = jax.jit(tx.update)(grads, state, params)
     inner_updates, _ = inner.update(grads, state.inner_state, params)
@@ -158,7 +159,7 @@ def test_improved_fidelity_resets_exactly_the_regrown_moments():
     tx = sparse_training(optax.adam(1e-2), spec)
     params = MODEL.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))['params']
     state = tx.init(params)
-    params = api.apply_masks(params, state)
+    params = sparsity_state.apply_masks(params, state)
     grads = jax.tree.map(lambda p: jax.random.normal(jax.random.key(3), p.shape), params)
     _, state = tx.update(grads, state, params)  # step 1: moments everywhere nonzero
     mu_before = state.inner_state[0].mu

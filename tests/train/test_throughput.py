@@ -12,8 +12,10 @@ from sparse_vit_jax.train.metrics import read_metrics
 from sparse_vit_jax.train.throughput import StepTimer
 
 # The logged rate and the rate measured between log lines (outside the loop) cover the same
-# steps; they differ only by the logging work itself, a few ms per line.
-FACTOR = 1.5
+# steps; they differ only by the logging work itself, a few ms per line on an idle machine but up
+# to ~1.7x the steps' time on a heavily shared one. The bug this guards against (timing the
+# dispatch instead of the steps) was off by ~20x.
+FACTOR = 2.0
 ETA_FACTOR = 3.0
 
 
