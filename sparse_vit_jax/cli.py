@@ -10,6 +10,7 @@ library (JAX, Orbax, TensorFlow) and keeps its traceback; `--verbose` keeps it f
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
@@ -52,6 +53,9 @@ def fail(message: str) -> NoReturn:
     # the interpreter shuts down; its "Exception ignored" tracebacks would only bury the line.
     sys.unraisablehook = lambda unraisable: None
     threading.excepthook = lambda args: None
+    # asyncio reports a failed write task nobody awaited ('Task exception was never retrieved')
+    # through its logger when the task is collected at exit.
+    logging.getLogger('asyncio').disabled = True
     sys.exit(1)
 
 
