@@ -3,21 +3,12 @@ the run log survives a torn line, finished runs are recognized by their exact se
 table gives mean ± std over seeds with every seed's value."""
 
 from sparse_vit_jax import config as config_lib
-from sparse_vit_jax import study
+from sparse_vit_jax import plots, study
 
 
 def _record(row, seed, top1, **fields):
-    return dict(
-        name=row.name,
-        key=row.key,
-        seed=seed,
-        top1=top1,
-        gmacs=0.00128,
-        nonzero_params=71878,
-        train_seconds=360.0,
-        epochs=15.0,
-        **fields,
-    )
+    defaults = {'gmacs': 0.00128, 'nonzero_params': 71878, 'train_seconds': 360.0, 'epochs': 15.0}
+    return dict(defaults, name=row.name, key=row.key, seed=seed, top1=top1, **fields)
 
 
 def test_log_resume_and_table(tmp_path):
@@ -51,3 +42,39 @@ def test_every_row_is_a_valid_config():
             config[section][leaf] = type(config[section][leaf])(value)
         config_lib.validate(config)
         assert config.sparsity.method in config_lib.METHODS
+
+
+def test_figure_one_point_per_row_with_its_spread():
+    dense, svite, static = (study.ROWS[n] for n in ('dense', 'svite_0.5_ref', 'static_0.5'))
+    records = [
+        _record(dense, 0, 0.8894, gmacs=0.00243),
+        _record(dense, 1, 0.8944, gmacs=0.00243),
+        _record(svite, 0, 0.8798),
+        _record(svite, 1, 0.8808),
+        _record(static, 0, 0.8841),
+    ]
+    summary = study.summarize(records, [dense, svite, static])
+    figure = plots.study_figure(summary, title='Fashion-MNIST: top-1 vs MACs')
+    axis = figure.axes[0]
+    assert axis.get_title() == 'Fashion-MNIST: top-1 vs MACs'
+    bars = axis.containers  # one errorbar container per row
+    points = [bar.lines[0] for bar in bars]
+    # One point per row at (MMACs, mean), and no line joins two rows.
+    assert [(round(p.get_xdata()[0], 2), round(p.get_ydata()[0], 2)) for p in points] == [
+        (2.43, 89.19),
+        (1.28, 88.03),
+        (1.28, 88.41),
+    ]
+    assert all(p.get_linestyle() == 'None' for p in points)
+    # Markers by family (dense o, svite s, static X), colours by row.
+    assert [p.get_marker() for p in points] == ['o', 's', 'X']
+    assert len({p.get_color() for p in points}) == 3
+    # Error bars span mean ± std over seeds; a single seed has none (zero length).
+    assert round(summary[0]['std'], 3) == 0.354
+    spans = [bar.lines[2][0].get_segments()[0][:, 1] for bar in bars]
+    assert [round(high - low, 3) for low, high in spans] == [0.707, 0.141, 0.0]
+    assert [label.get_text() for label in axis.get_legend().get_texts()] == [
+        'dense ViT (width 64) (n=2)',
+        'SViTE 0.5, reference (n=2)',
+        'static sparse, density 0.5 (n=1)',
+    ]
