@@ -11,9 +11,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sparse_vit_jax import data as data_lib
 from sparse_vit_jax.data import EvalInput, prefetch_to_device
 from sparse_vit_jax.data.device_input import DeviceInput
 from sparse_vit_jax.train import sharding as sharding_lib
+from sparse_vit_jax.train.report import describe, params_fingerprint
 from sparse_vit_jax.train.restore import restore_model
 from sparse_vit_jax.train.steps import eval_step
 
@@ -75,8 +77,6 @@ def evaluate_checkpoint(
     Returns the eval metrics, the parameter counts and per-layer densities, and
     `params_fingerprint` (SHA-256 over params and masks).
     """
-    from sparse_vit_jax import data as data_lib
-    from sparse_vit_jax.train.report import describe, params_fingerprint
 
     restored = restore_model(workdir, step=step, data_dir=data_dir, split=split)
     config, params, mesh = restored.config, restored.params, restored.mesh

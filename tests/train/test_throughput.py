@@ -2,10 +2,7 @@
 evaluation left out; and the timer's bookkeeping on a fake clock."""
 
 import logging
-import re
 import time
-
-import pytest
 
 from sparse_vit_jax.train import evaluation, loop
 from sparse_vit_jax.train.metrics import read_metrics
