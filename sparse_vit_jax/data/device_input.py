@@ -16,20 +16,25 @@ the batch rather than to the example.) The device fills them in normalized space
 fills ('pixel': a standard normal per pixel and channel; 'rand': one per channel; 'const':
 zeros), which uint8 cannot carry. The fill's noise comes from
 the step's key (its 'erasing' stream), drawn for the whole batch: partitionable Threefry gives
-every image the same values whatever the mesh. It is a normal per pixel of the batch, of which
-about 1 in 20 is kept: milliseconds on an accelerator, ~15% of a DeiT-Tiny train step on a CPU
-(docs/benchmarks.md).
+every image the same values whatever the mesh. The random bits are the fill's cost (on a CPU),
+so 'pixel' draws per image only as many normals as its boxes can cover at most (a third of the
+image in the DeiT recipe, `erased_pixels_bound`) and hands them out to the erased pixels in
+raster order (docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
 
 ERASE_MODES = ('pixel', 'rand', 'const')
+# timm RandomErasing's largest erased fraction of an image (`max_area`), which the DeiT recipe
+# keeps; `random_erasing.erase_boxes` draws at most this (split between its boxes).
+ERASE_MAX_AREA = 1 / 3
 
 
 def normalize(images: jax.Array, mean, std) -> jax.Array:
@@ -46,18 +51,53 @@ def box_masks(boxes: jax.Array, height: int, width: int) -> jax.Array:
     return (rows >= top) & (rows < top + box_h) & (cols >= left) & (cols < left + box_w)
 
 
-def fill_boxes(key: jax.Array, images: jax.Array, boxes: jax.Array, mode: str = 'pixel'):
+def erased_pixels_bound(height: int, width: int, count: int, max_area: float) -> int:
+    """The most pixels `count` boxes of `random_erasing.erase_boxes` can cover in a height x
+    width image when together they erase at most `max_area` of it: each box's target area t is
+    at most max_area·H·W / count, and its sides are rounded from t and its aspect a:
+    h = round(√(t·a)) < H and w = round(√(t/a)) < W, so
+    h·w ≤ (√(t·a) + ½)(√(t/a) + ½) = t + (√(t·a) + √(t/a)) / 2 + ¼ < t + (H + W) / 2."""
+    bound = max_area * height * width + count * (height + width) / 2
+    return min(height * width, math.floor(bound))
+
+
+def _pixel_noise(key, covered, channels: int, count: int, max_area: float, dtype):
+    """[B, H, W, C] standard normals for the pixels `covered` ([B, H, W] bool) marks: each
+    image draws `erased_pixels_bound` normals per channel (not H·W) and its k-th covered pixel
+    in raster order takes the k-th. Values elsewhere are arbitrary (the caller keeps its own)."""
+    batch, height, width = covered.shape
+    pixels = erased_pixels_bound(height, width, count, max_area)
+    noise = jax.random.normal(key, (batch, pixels, channels), dtype)
+    rank = jnp.cumsum(covered.reshape(batch, height * width, 1), axis=1, dtype=jnp.int32) - 1
+    # Boxes larger than the bound (erase_boxes never draws them) reuse draws rather than fail.
+    rank = jnp.remainder(rank, pixels)
+    values = jnp.take_along_axis(noise, rank, axis=1, mode='clip')  # [B, H·W, C]
+    return values.reshape(batch, height, width, channels)
+
+
+def fill_boxes(
+    key: jax.Array,
+    images: jax.Array,
+    boxes: jax.Array,
+    mode: str = 'pixel',
+    max_area: float = 1.0,
+):
     """Normalized images [B, H, W, C] with each image's boxes ([B, K, 4], empty ones have zero
     size) filled as timm's RandomErasing `mode` fills them; a later box overwrites an earlier
-    one where they overlap, as timm erases them in turn."""
+    one where they overlap, as timm erases them in turn. 'pixel' draws a normal per covered
+    pixel and channel, independent of every other; `max_area` is the largest fraction of an
+    image the boxes may erase together (`ERASE_MAX_AREA` for boxes of `erase_boxes`): the
+    fewer normals it draws, the cheaper the fill."""
     if mode not in ERASE_MODES:
         raise ValueError(f'random erasing mode must be one of {ERASE_MODES}, got {mode!r}')
     batch, height, width, channels = images.shape
     inside = box_masks(boxes, height, width)[..., None]  # [B, K, H, W, 1]
     if mode == 'pixel':
-        # One normal per pixel: where boxes overlap, the last box's draw is as fresh as any.
-        noise = jax.random.normal(key, images.shape, images.dtype)
-        return jnp.where(inside.any(axis=1), noise, images)
+        # One normal per covered pixel: where boxes overlap, the last box's draw is as fresh as
+        # any, so the union of the boxes is filled at once.
+        covered = inside.any(axis=1)  # [B, H, W, 1]
+        noise = _pixel_noise(key, covered[..., 0], channels, boxes.shape[1], max_area, images.dtype)
+        return jnp.where(covered, noise, images)
     if mode == 'rand':
         values = jax.random.normal(key, (batch, boxes.shape[1], 1, 1, channels), images.dtype)
     else:
@@ -74,11 +114,14 @@ class DeviceInput:
     Attributes:
       mean, std: the dataset's per-channel statistics of [0, 1] pixels (config.data).
       erase_mode: how random-erasing boxes are filled (see `fill_boxes`).
+      erase_max_area: the largest fraction of an image its boxes erase together (the recipe's
+        `random_erasing.erase_boxes` draws at most timm's `ERASE_MAX_AREA`).
     """
 
     mean: tuple[float, ...]
     std: tuple[float, ...]
     erase_mode: str = 'pixel'
+    erase_max_area: float = ERASE_MAX_AREA
 
     @classmethod
     def from_config(cls, config: Any) -> 'DeviceInput':
@@ -94,7 +137,7 @@ class DeviceInput:
         if 'erase' in batch:
             if key is None:
                 raise ValueError('a batch with random-erasing boxes needs a key to fill them')
-            images = fill_boxes(key, images, batch['erase'], self.erase_mode)
+            images = fill_boxes(key, images, batch['erase'], self.erase_mode, self.erase_max_area)
         return images
 
 

@@ -25,6 +25,8 @@ import math
 
 import tensorflow as tf
 
+from sparse_vit_jax.data.device_input import ERASE_MAX_AREA
+
 
 def _box(seed, height, width, area, min_area, max_area, log_aspect, max_attempts):
     """One rectangle (top, left, h, w) with timm's attempt loop; zero size when none fits."""
@@ -63,7 +65,7 @@ def erase_boxes(
     *,
     probability=0.25,
     min_area=0.02,
-    max_area=1 / 3,
+    max_area=ERASE_MAX_AREA,
     min_aspect=0.3,
     max_aspect=None,
     min_count=1,

@@ -125,3 +125,89 @@ def test_uint8_images_need_a_device_input():
     assert model_images(floats, None) is floats['image']
     with pytest.raises(ValueError, match='key'):
         DeviceInput(*IMAGENET).images({**batch, 'erase': jnp.zeros((2, 1, 4), jnp.int32)})
+
+
+def _covered(boxes, height, width):
+    """bool [B, height, width]: the pixels some box of each image covers."""
+    covered = np.zeros((len(boxes), height, width), bool)
+    for image, image_boxes in zip(covered, boxes):
+        for top, left, box_h, box_w in image_boxes:
+            image[top : top + box_h, left : left + box_w] = True
+    return covered
+
+
+def test_pixel_fill_draws_the_bound_and_hands_normals_out_in_raster_order():
+    # Two overlapping boxes per image (the union is filled once), and an image without boxes.
+    boxes = np.array(
+        [
+            [[2, 3, 6, 7], [4, 8, 5, 9]],
+            [[0, 0, 0, 0], [0, 0, 0, 0]],
+            [[10, 20, 9, 11], [0, 0, 0, 0]],
+        ],
+        np.int32,
+    )
+    images = jnp.full((3, 24, 32, 3), 5.0)
+    key = jax.random.key(3)
+    fill = jax.jit(fill_boxes, static_argnums=(3, 4))
+    out = np.asarray(fill(key, images, jnp.asarray(boxes), 'pixel', device_input.ERASE_MAX_AREA))
+    pixels = device_input.erased_pixels_bound(24, 32, 2, device_input.ERASE_MAX_AREA)
+    assert pixels == 24 * 32 // 3 + 56  # a third of the image plus the rounding margin
+    drawn = np.asarray(jax.random.normal(key, (3, pixels, 3)))
+    covered = _covered(boxes, 24, 32)
+    for image, inside, normals in zip(out, covered, drawn):
+        assert (image[~inside] == 5.0).all()
+        # Row-major boolean indexing is raster order: the k-th covered pixel has the k-th draw.
+        np.testing.assert_array_equal(image[inside], normals[: inside.sum()])
+
+
+def test_pixel_fill_bound_covers_every_box_the_recipe_draws():
+    from sparse_vit_jax.data import random_erasing
+
+    area = device_input.ERASE_MAX_AREA
+    # Every box side timm's rounding makes from the largest target, over the aspect range.
+    for height, width, count in [(224, 224, 1), (24, 32, 1), (24, 32, 3), (17, 9, 2)]:
+        target = area * height * width / count
+        largest = 0
+        for aspect in np.exp(np.linspace(np.log(0.3), np.log(1 / 0.3), 20001)):
+            h, w = round(np.sqrt(target * aspect)), round(np.sqrt(target / aspect))
+            if h < height and w < width:
+                largest = max(largest, h * w)
+        assert target < largest  # rounding does exceed the target area
+        assert count * largest <= device_input.erased_pixels_bound(height, width, count, area)
+    # The real draws at the largest target: their union stays inside the bound.
+    bound = device_input.erased_pixels_bound(24, 32, 3, area)
+    for seed in range(20):
+        boxes = random_erasing.erase_boxes(
+            tf.constant([seed, 1]), 24, 32, probability=1.0, min_area=area, min_count=3
+        ).numpy()
+        assert (boxes[:, 2] * boxes[:, 3]).sum() <= bound
+    assert device_input.erased_pixels_bound(224, 224, 1, area) / (224 * 224) < 0.34
+
+
+def test_pixel_fill_of_recipe_boxes_is_independent_standard_normals():
+    from sparse_vit_jax.data import random_erasing
+
+    # 64 images, each erased (up to 2 boxes) as the recipe draws them, filled through DeviceInput.
+    height = width = 32
+    draw = tf.function(
+        lambda seed: random_erasing.erase_boxes(seed, height, width, probability=1.0, max_count=2)
+    )
+    boxes = np.stack([draw(tf.constant([7, i])).numpy() for i in range(64)])
+    batch = {'image': jnp.full((64, height, width, 3), 128, jnp.uint8), 'erase': jnp.asarray(boxes)}
+    inputs = DeviceInput(*IMAGENET)
+    out = np.asarray(jax.jit(inputs.images)(batch, jax.random.key(1)))
+    plain = np.asarray(inputs.normalize(batch['image'][:1]))[0]
+    covered = _covered(boxes, height, width)
+    values = []
+    for image, inside in zip(out, covered):
+        np.testing.assert_array_equal(image[~inside], np.broadcast_to(plain, image.shape)[~inside])
+        erased = image[inside]  # [pixels, 3]
+        assert (erased != plain[0, 0]).all()
+        # Every erased pixel its own draw (single float32 normals may repeat by chance: 2^23
+        # uniform levels; three channels at once do not).
+        assert len(np.unique(erased, axis=0)) == len(erased)
+        values.append(erased.ravel())
+    values = np.concatenate(values)
+    assert values.size > 30_000
+    assert abs(values.mean()) < 0.02 and abs(values.std() - 1) < 0.02
+    assert scipy.stats.kstest(values, 'norm').pvalue > 1e-3
