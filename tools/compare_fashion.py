@@ -4,6 +4,7 @@ writes the table over seeds, a results JSON and the accuracy-vs-MACs figure.
   python tools/compare_fashion.py --runs runs/study --jobs 2 --nice 10 \\
       --markdown runs/study/table.md --figure runs/study/figures
   python tools/compare_fashion.py --runs runs/study --rows dense,svite_0.5_ref --seeds 1
+  python tools/compare_fashion.py --runs runs/study --report --markdown table.md  # no training
 
 Each (row, seed) is `tools/train.py --config configs/fashion_mnist.py:<row args>,seed=S` in
 RUNS/<row>_s<S>, then `tools/evaluate.py`. Every finished run is appended to RUNS/log.jsonl
@@ -35,6 +36,9 @@ _SEEDS = flags.DEFINE_list('seeds', [], 'Seeds to run (default: each row its own
 _JOBS = flags.DEFINE_integer('jobs', 1, 'Trainings at the same time.')
 _NICE = flags.DEFINE_integer('nice', 10, 'Niceness of the trainings (accuracy does not depend).')
 _LIST = flags.DEFINE_bool('list', False, 'List the rows and exit.')
+_REPORT = flags.DEFINE_bool(
+    'report', False, 'Train nothing: the table and figure of the runs already in the log.'
+)
 _MARKDOWN = flags.DEFINE_string('markdown', None, 'Write the table (markdown) to this file.')
 _FIGURE = flags.DEFINE_string('figure', None, 'Write the accuracy-vs-MACs figure to this folder.')
 
@@ -131,8 +135,9 @@ def main(argv):
     rows = [study.ROWS[name] for name in names]
     log_path = paths.join(_RUNS.value, 'log.jsonl')
     done = study.read_log(log_path)
+    seeds = [int(s) for s in _SEEDS.value] or range(max(row.seeds for row in rows))
     todo = []  # seed by seed, so that an interrupted study has every row at the same seeds
-    for seed in [int(s) for s in _SEEDS.value] or range(max(row.seeds for row in rows)):
+    for seed in [] if _REPORT.value else seeds:
         todo += [
             (row, seed)
             for row in rows
