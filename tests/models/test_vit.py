@@ -1,12 +1,13 @@
 """The DeiT/ViT model: exact sizes, per-layer widths, gates, drop-path, head-output gradients."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from sparse_vit_jax.models import create_model
-from sparse_vit_jax.models.vit import HEAD_OUTPUTS, _gelu, attention, exact_gelu
+from sparse_vit_jax.models.vit import HEAD_OUTPUTS, HeadsMajorQkv, _gelu, attention, exact_gelu
 
 
 def _count(model, channels=3):
@@ -98,6 +99,47 @@ def test_attention_equals_jax_dot_product_attention_with_gradients():
     ours16, theirs16 = _attention_pair(jnp.bfloat16)
     for a, b, e in zip(_values_and_grads(ours16, qkv), _values_and_grads(theirs16, qkv), exact):
         assert float(jnp.abs(a - e).max()) <= 1.5 * float(jnp.abs(b - e).max()) + 1e-3
+
+
+def _qkv_values_and_grads(heads_major, dtype, params, x):
+    """q, k, v (B, H, N, hd) from the qkv params, and the gradients of a loss of all three with
+    respect to the params and x: by `HeadsMajorQkv`, or by nn.Dense + reshape + transpose."""
+    heads, width = 2, 8
+    if heads_major:
+        module = HeadsMajorQkv(heads, width, nn.initializers.zeros, dtype)
+        qkv = lambda p, x: jnp.stack(module.apply({'params': p}, x))
+    else:
+        dense = nn.Dense(3 * heads * width, dtype=dtype)
+        qkv = lambda p, x: (
+            dense.apply({'params': p}, x)
+            .reshape(x.shape[:2] + (3, heads, width))
+            .transpose(2, 0, 3, 1, 4)
+        )
+    weights = jax.random.normal(jax.random.key(5), (3, 1, heads, 1, width))
+    loss = lambda p, x: jnp.sum(jnp.sin(qkv(p, x).astype(jnp.float32) * weights))
+    grads = jax.grad(loss, argnums=(0, 1))(params, x.astype(dtype))
+    return [qkv(params, x.astype(dtype)), *jax.tree.leaves(grads)]
+
+
+def test_heads_major_qkv_equals_dense_reshape_transpose_with_gradients():
+    """The stored params are nn.Dense's (same names, shapes, (D, 3·H·hd) column order); only
+    the computation views the kernel as (D, 3, H, hd)."""
+    x = jax.random.normal(jax.random.key(0), (3, 7, 12))
+    module = HeadsMajorQkv(2, 8, nn.initializers.normal(1.0), jnp.float32)
+    params = module.init(jax.random.key(1), x)['params']
+    dense_params = nn.Dense(48).init(jax.random.key(1), x)['params']
+    assert jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape, dense_params)
+    params['bias'] = jax.random.normal(jax.random.key(2), (48,))
+    exact = _qkv_values_and_grads(False, jnp.float32, params, x)
+    for a, b in zip(_qkv_values_and_grads(True, jnp.float32, params, x), exact):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+    # bfloat16 compute: no further from the float32 result than Dense's own bfloat16 path
+    ours16 = _qkv_values_and_grads(True, jnp.bfloat16, params, x)
+    dense16 = _qkv_values_and_grads(False, jnp.bfloat16, params, x)
+    for a, b, e in zip(ours16, dense16, exact):
+        assert a.dtype == b.dtype
+        error = lambda t: float(jnp.abs(t.astype(jnp.float32) - e).max())
+        assert error(a) <= 1.5 * error(b) + 1e-6
 
 
 def test_head_gate_equals_zeroing_the_heads_proj_rows():
