@@ -1,7 +1,8 @@
 """What the rest of the code needs to know about sparse optimizer states.
 
-The sparse optax transformation keeps the masks in its state (one source of truth, checkpointed
-with the optimizer). These accessors find that state inside any optimizer state, so the trainer,
+The sparse optax transformation keeps the masks in its state (one source of truth; a checkpoint
+stores them once, as their own item, and puts them back on restore: `without_masks`,
+`with_masks`). These accessors find that state inside any optimizer state, so the trainer,
 evaluation and export never need to know whether a run is sparse.
 """
 
@@ -47,6 +48,20 @@ def sparse_state(opt_state: Any) -> SparseState | None:
 def masks_of(opt_state: Any) -> dict | None:
     state = sparse_state(opt_state)
     return None if state is None else state.masks
+
+
+def without_masks(opt_state: Any) -> Any:
+    """`opt_state` with the SparseState's masks left out (None): what a checkpoint saves as the
+    optimizer state, since it holds the masks once, as their own item (`with_masks` undoes it).
+    A dense state passes through."""
+    state = sparse_state(opt_state)
+    return opt_state if state is None else state._replace(masks=None)
+
+
+def with_masks(opt_state: Any, masks: dict | None) -> Any:
+    """`opt_state` (saved `without_masks`) with `masks` back in its SparseState."""
+    state = sparse_state(opt_state)
+    return opt_state if state is None else state._replace(masks=masks)
 
 
 def apply_weight_masks(params: Any, weight_masks: Any) -> Any:
