@@ -146,6 +146,26 @@ def test_update_bench_updates_the_topology_at_delta_t(tiny_config):
     assert (heads().sum(1) == 2).all()  # the update keeps the head count
 
 
+def test_save_speed_of_both_mask_layouts_and_the_overlap(tiny_config, tmp_path):
+    from sparse_vit_jax.benchmark.save import save_speed
+
+    config = _tiny(tiny_config, S2VITE)  # the train step compiled above already
+    result = save_speed(config, batch=4, saves=1, workdir=str(tmp_path))
+    once, twice = result['masks_once'], result['masks_twice']
+    for side in (once, twice):
+        assert {'params', 'masks', 'opt_state', 'train', 'meta'} <= set(side['item_bytes'])
+        assert side['bytes'] == sum(side['item_bytes'].values())
+        assert 0 < side['return_s'] <= side['complete_s']
+    # Only the optimizer state differs: by about the masks item (the same arrays).
+    extra = twice['item_bytes']['opt_state'] - once['item_bytes']['opt_state']
+    assert 0.5 < extra / once['item_bytes']['masks'] < 2
+    assert result['once_vs_twice']['bytes'] == once['bytes'] / twice['bytes'] < 1
+    overlap = result['overlap']
+    assert min(overlap['save_s'], overlap['step_s'], overlap['save_with_step_s']) > 0
+    assert ENVIRONMENT_KEYS <= set(result)
+    json.dumps(result)
+
+
 def test_inference_saving_of_slim_token_model(tiny_config):
     config = _tiny(
         tiny_config, 'method=s2viteplus,head_density=0.5,neuron_density=0.5,keep_tokens=9'

@@ -11,6 +11,8 @@
   XLA_FLAGS=--xla_force_host_platform_device_count=8 python tools/benchmark.py memory \
       --config configs/svite.py:model=deit_base --batch 1024 --dtype bfloat16 \
       [--config.model.remat=block] [--config.mesh.fsdp=8] [--topology v5e:2x4] [--json]
+  python tools/benchmark.py save --config configs/svite.py:model=deit_base --batch 8 --steps 3 \
+      [--workdir /tmp/save_bench] [--json]
 
 train|infer --model: images/s of the real train step (DeiT AdamW, dense) or the forward on random
 inputs: median over --steps timed steps after --warmup, step time median/p10/p90, compile
@@ -31,6 +33,10 @@ batch sends to the devices (uint8 images); --vs_float32 alternates passes with t
 normalized to float32 on the host, as before (ratios of bytes and images/s).
 infer --checkpoint: the forward of a workdir's own model and weights (a run or an export,
 local or gs://), restored onto this machine's devices.
+save: the config's train state checkpointed in --workdir (default: a temp dir), --steps timed
+saves per layout: bytes on disk per item and seconds until the save returns / completes, with
+the masks stored once (as now) and also inside the optimizer state (as before), alternating;
+then whether a train step at --batch overlaps the asynchronous write.
 """
 
 import json
@@ -41,7 +47,7 @@ from ml_collections import config_flags
 from sparse_vit_jax import cli  # first: it sets up TensorFlow's environment
 from sparse_vit_jax import config as config_lib
 
-COMMANDS = ('train', 'infer', 'memory', 'input')
+COMMANDS = ('train', 'infer', 'memory', 'input', 'save')
 # The production ImageNet recipe for DeiT-Tiny.
 DEFAULT_INPUT_CONFIG = 'configs/dense.py:model=deit_tiny'
 
@@ -77,7 +83,9 @@ _WARMUP_PASSES = flags.DEFINE_integer('warmup_passes', 1, 'input: untimed passes
 _DEMAND = flags.DEFINE_string(
     'train_demand_model', None, "input: also time this model's train step (the demand)."
 )
-_WORKDIR = flags.DEFINE_string('workdir', None, 'input: where the fake data goes (temp dir).')
+_WORKDIR = flags.DEFINE_string(
+    'workdir', None, 'input: where the fake data goes; save: the checkpoints (temp dir).'
+)
 _STEP_MS = flags.DEFINE_float(
     'step_ms', 0.0, "input: consume each batch in this many ms (an accelerator's step): the "
     "wait for each epoch's first batch is then the epoch-boundary stall."
@@ -122,6 +130,14 @@ def run_command(command: str) -> dict:
             workdir=_WORKDIR.value,
             step_seconds=_STEP_MS.value / 1e3,
             vs_float32=_VS_FLOAT32.value,
+        )
+    if command == 'save':
+        from sparse_vit_jax.benchmark.save import save_speed
+
+        if _CONFIG.value is None:
+            raise app.UsageError('save needs --config (the run whose train state to save)')
+        return save_speed(
+            _CONFIG.value, batch=_BATCH.value, saves=_STEPS.value, workdir=_WORKDIR.value
         )
     if _CHECKPOINT.value:
         if command != 'infer' or _MODEL.value or _CONFIG.value or _VS_TIMM.value:
@@ -173,6 +189,20 @@ def describe(result: dict) -> str:
             f"{result['remat']}, {result['per_device_batch']} images/device: peak "
             f"≤ {result['peak_gib_per_device']:.2f} GiB = arguments {gib('argument')} + outputs "
             f"{gib('output')} − aliased {gib('alias')} + temporaries {gib('temp')}"
+        )
+    if mode == 'save':
+        once, twice, ratio = result['masks_once'], result['masks_twice'], result['once_vs_twice']
+        overlap = result['overlap']
+        side = lambda r: (
+            f"{r['bytes'] / 1e6:.0f} MB, returns in {r['return_s']:.2f} s, complete in "
+            f"{r['complete_s']:.2f} s"
+        )
+        return (
+            f"save {result['model']} {result['config_method']}: masks once {side(once)}; masks "
+            f"twice (before) {side(twice)}; once/twice bytes {ratio['bytes']:.3f}, complete "
+            f"{ratio['complete_s']:.2f}. Save {overlap['save_s']:.2f} s + step "
+            f"{overlap['step_s']:.2f} s vs both {overlap['save_with_step_s']:.2f} s: "
+            f"{overlap['hidden_fraction']:.0%} hidden"
         )
     head = f"{mode}: {result['images_per_sec']:.1f} images/s"
     if mode == 'input':

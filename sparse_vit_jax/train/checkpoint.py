@@ -219,14 +219,21 @@ class Checkpointer:
     def _bytes_of_latest_step(self) -> int | None:
         """Size of the latest complete step folder (local disks only): what the next one needs."""
         step = self.latest_step()
-        if step is None or paths.is_remote(self.directory):
+        sizes = None if step is None else self.item_bytes(step)
+        return None if sizes is None else sum(sizes.values())
+
+    def item_bytes(self, step: int) -> dict[str, int] | None:
+        """Bytes on disk of each item of step `step` ('.' for the step's own files); None in a
+        bucket (the sizes would cost a listing)."""
+        if paths.is_remote(self.directory):
             return None
         folder = os.path.join(self.directory, str(step))
-        return sum(
-            os.path.getsize(os.path.join(root, name))
-            for root, _, names in os.walk(folder)
-            for name in names
-        )
+        sizes: dict[str, int] = {}
+        for root, _, names in os.walk(folder):
+            item = os.path.relpath(root, folder).split(os.sep)[0]
+            size = sum(os.path.getsize(os.path.join(root, name)) for name in names)
+            sizes[item] = sizes.get(item, 0) + size
+        return sizes
 
     # ------------------------------------------------------------------ restoring
 
