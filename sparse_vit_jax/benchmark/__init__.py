@@ -8,7 +8,9 @@
   with the FLOPs saving it should approach;
 - `checkpoint_speed(workdir, ...)`: the forward of a checkpoint's own model and weights, restored
   onto the devices at hand;
-- `input_speed(config, ...)`: the production ImageNet input pipeline on fake 375×500 JPEGs.
+- `input_speed(config, ...)`: the production ImageNet input pipeline on fake 375×500 JPEGs;
+- `save.save_speed(config, ...)`: checkpoint bytes and save seconds of a config's train state,
+  the masks stored once against the earlier layout, and the async write against a train step.
 
 Numbers are medians over timed steps after warm-up, each step timed to completion; whatever is
 compared is measured in alternating blocks in one process (`timing.alternate`). Only
