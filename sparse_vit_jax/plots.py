@@ -271,9 +271,9 @@ def check_results(results: Sequence[Mapping]) -> None:
         if missing:
             raise ValueError(f'results entry {i} lacks {missing} (each needs {list(RESULT_KEYS)})')
         if not 0 <= run['top1'] <= 1:
-            raise ValueError(f"results entry {i} ({run['name']}): top1 is a fraction in [0, 1]")
+            raise ValueError(f'results entry {i} ({run["name"]}): top1 is a fraction in [0, 1]')
         if run['gmacs'] <= 0:
-            raise ValueError(f"results entry {i} ({run['name']}): gmacs must be positive")
+            raise ValueError(f'results entry {i} ({run["name"]}): gmacs must be positive')
 
 
 def accuracy_vs_flops_figure(results: Sequence[Mapping], *, title: str = '') -> Figure:
@@ -313,7 +313,14 @@ def accuracy_vs_flops_figure(results: Sequence[Mapping], *, title: str = '') -> 
     return figure
 
 
-FAMILY_MARKERS = {'dense': 'o', 'static': 'X', 'svite': 's', 's2static': 'P', 's2vite': 'D'}
+FAMILY_MARKERS = {
+    'dense': 'o',
+    'static': 'X',
+    'svite': 's',
+    's2static': 'P',
+    's2vite': 'D',
+    'tokens': 'v',
+}
 
 
 def study_figure(summary: Sequence[Mapping], *, title: str) -> Figure:
@@ -332,7 +339,9 @@ def study_figure(summary: Sequence[Mapping], *, title: str) -> Figure:
     others = iter('v^<>*hp')
     markers = dict(FAMILY_MARKERS)
     for row in summary:
-        marker = markers.setdefault(row['family'], next(others))
+        if row['family'] not in markers:  # a family without its own marker takes the next one
+            markers[row['family']] = next(others)
+        marker = markers[row['family']]
         axis.errorbar(
             row['mmacs'],
             row['mean'],
@@ -342,7 +351,7 @@ def study_figure(summary: Sequence[Mapping], *, title: str) -> Figure:
             capsize=3,
             markersize=6,
             color=next(colours),
-            label=f"{row['description']} (n={len(row['top1'])})",
+            label=f'{row["description"]} (n={len(row["top1"])})',
         )
     axis.set_xlabel('MMACs per image (paper convention)', fontsize=8)
     axis.set_ylabel('test top-1 (%), mean ± std over seeds', fontsize=8)

@@ -78,3 +78,15 @@ def test_figure_one_point_per_row_with_its_spread():
         'SViTE 0.5, reference (n=2)',
         'static sparse, density 0.5 (n=1)',
     ]
+
+
+def test_figure_of_the_whole_study_has_a_marker_per_family():
+    records = [_record(row, seed, 0.88) for row in study.STUDY for seed in (0, 1)]
+    summary = study.summarize(records, study.STUDY)
+    figure = plots.study_figure(summary, title='all rows')
+    markers = {}
+    for row, bar in zip(summary, figure.axes[0].containers):
+        markers.setdefault(row['family'], set()).add(bar.lines[0].get_marker())
+    assert all(len(used) == 1 for used in markers.values())  # one marker per family
+    assert len({next(iter(used)) for used in markers.values()}) == len(markers)  # distinct
+    assert len(figure.axes[0].containers) == len(study.STUDY)
