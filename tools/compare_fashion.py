@@ -136,8 +136,10 @@ def main(argv):
     log_path = paths.join(_RUNS.value, 'log.jsonl')
     done = study.read_log(log_path)
     seeds = [int(s) for s in _SEEDS.value] or range(max(row.seeds for row in rows))
+    if _REPORT.value:
+        seeds = []
     todo = []  # seed by seed, so that an interrupted study has every row at the same seeds
-    for seed in [] if _REPORT.value else seeds:
+    for seed in seeds:
         todo += [
             (row, seed)
             for row in rows

@@ -230,11 +230,11 @@ class Checkpointer:
         bucket (the sizes would cost a listing)."""
         if paths.is_remote(self.directory):
             return None
-        folder = os.path.join(self.directory, str(step))
+        folder = paths.resolve(self.directory) / str(step)
         sizes: dict[str, int] = {}
-        for root, _, names in os.walk(folder):
-            item = os.path.relpath(root, folder).split(os.sep)[0]
-            size = sum(os.path.getsize(os.path.join(root, name)) for name in names)
+        for root, _, names in folder.walk():
+            item = (root.relative_to(folder).parts or ('.',))[0]
+            size = sum((root / name).stat().length for name in names)
             sizes[item] = sizes.get(item, 0) + size
         return sizes
 
