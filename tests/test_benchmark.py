@@ -197,7 +197,7 @@ def test_deployed_slim_model_keeps_the_configured_units(tiny_config):
 # ----------------------------------------------------------------------------- input
 
 
-def test_input_pipeline_speed_and_train_demand():
+def test_input_pipeline_speed_and_train_demand(capsys):
     result = benchmark.input_speed(
         config_lib.load('configs/dense.py:model=deit_tiny'),
         num_images=16,
@@ -210,6 +210,7 @@ def test_input_pipeline_speed_and_train_demand():
         vs_float32=True,
     )
     assert result['order'] == ['input', 'input_float32', 'train'] * 2
+    assert capsys.readouterr().out == ''  # stdout is the result's alone (--json)
     # uint8 images and int32 labels cross to the devices; the host-normalized float32 images
     # were 4 times the bytes.
     assert result['bytes_per_batch'] == 8 * (224 * 224 * 3 + 4)

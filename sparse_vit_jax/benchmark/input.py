@@ -15,8 +15,10 @@ was, and the measured speedup of uint8 a lower bound.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import sys
 import tempfile
 import time
 from typing import Any
@@ -49,7 +51,9 @@ def write_fake_imagenet(root: str, num_images: int, image_shape=IMAGE_SHAPE) -> 
         image_shape=tuple(image_shape),
     )
     data_dir = os.path.join(root, 'tfds')
-    imagenet.prepare_imagenet2012(data_dir, manual)
+    # TFDS announces the preparation on stdout, which belongs to the benchmark's result (--json).
+    with contextlib.redirect_stdout(sys.stderr):
+        imagenet.prepare_imagenet2012(data_dir, manual)
     return data_dir
 
 
