@@ -6,6 +6,7 @@ global backend state and saving to PNG needs no display.
 
 from __future__ import annotations
 
+import collections
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -323,27 +324,42 @@ FAMILY_MARKERS = {
 }
 
 
+def _dodged(xs: Sequence[float], fraction: float = 0.02) -> list[float]:
+    """`xs` with the values that occur more than once spread symmetrically around them, in order,
+    by `fraction` of the span of `xs`."""
+    step = fraction * ((max(xs) - min(xs)) or 1.0)
+    groups = collections.defaultdict(list)
+    for i, x in enumerate(xs):
+        groups[x].append(i)
+    dodged = list(xs)
+    for x, members in groups.items():
+        for rank, i in enumerate(members):
+            dodged[i] = x + (rank - (len(members) - 1) / 2) * step
+    return dodged
+
+
 def study_figure(summary: Sequence[Mapping], *, title: str) -> Figure:
     """Top-1 against MMACs per image for a study: one point per row at its mean over seeds, with
     the seeds' standard deviation as error bars, one marker per method family, one colour per
-    row, and no lines joining rows (different methods are not a curve).
+    row, and no lines joining rows (different methods are not a curve). Rows at the same MACs
+    are set a little apart (2% of the axis' span each) so that their error bars do not hide each
+    other.
 
     summary: `sparse_vit_jax.study.summarize` rows (name, description, family, mean, std,
       mmacs, top1 per seed).
     """
     figure = Figure(figsize=(9.5, 5))
     axis = figure.subplots()
-    colours = iter(
-        [f'C{i}' for i in range(10)] + ['black', 'grey', 'olive', 'navy', 'maroon', 'teal']
-    )
+    # tab10 and then colours far from all of its ten (its C7 is grey already).
+    colours = iter([f'C{i}' for i in range(10)] + ['black', 'gold', 'navy', 'lime', 'maroon'])
     others = iter('v^<>*hp')
     markers = dict(FAMILY_MARKERS)
-    for row in summary:
+    for row, x in zip(summary, _dodged([row['mmacs'] for row in summary])):
         if row['family'] not in markers:  # a family without its own marker takes the next one
             markers[row['family']] = next(others)
         marker = markers[row['family']]
         axis.errorbar(
-            row['mmacs'],
+            x,
             row['mean'],
             yerr=row['std'] or 0.0,
             marker=marker,
@@ -353,7 +369,9 @@ def study_figure(summary: Sequence[Mapping], *, title: str) -> Figure:
             color=next(colours),
             label=f'{row["description"]} (n={len(row["top1"])})',
         )
-    axis.set_xlabel('MMACs per image (paper convention)', fontsize=8)
+    axis.set_xlabel(
+        'MMACs per image (paper convention; rows with equal MACs set slightly apart)', fontsize=8
+    )
     axis.set_ylabel('test top-1 (%), mean ± std over seeds', fontsize=8)
     axis.legend(fontsize=6, loc='upper left', bbox_to_anchor=(1.01, 1.0))  # hides no point
     axis.grid(alpha=0.3)
