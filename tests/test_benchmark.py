@@ -156,10 +156,11 @@ def test_save_speed_of_both_mask_layouts_and_the_overlap(tiny_config, tmp_path):
         assert {'params', 'masks', 'opt_state', 'train', 'meta'} <= set(side['item_bytes'])
         assert side['bytes'] == sum(side['item_bytes'].values())
         assert 0 < side['return_s'] <= side['complete_s']
-    # Only the optimizer state differs: by the masks it no longer holds (at least about the
-    # masks item's bytes; on a tiny model Orbax's per-array files double that).
-    extra = twice['item_bytes']['opt_state'] - once['item_bytes']['opt_state']
-    assert extra > 0.5 * once['item_bytes']['masks']
+    # Only the optimizer state differs: by the masks it no longer holds. How many bytes that is
+    # on a tiny model depends on how OCDBT batched the writes (3.0k to 10k seen for a 10k masks
+    # item), so only the sign is asserted; tests/train/test_checkpoint_masks.py checks the
+    # layout array by array.
+    assert twice['item_bytes']['opt_state'] > once['item_bytes']['opt_state']
     assert result['once_vs_twice']['bytes'] == once['bytes'] / twice['bytes'] < 1
     overlap = result['overlap']
     assert min(overlap['save_s'], overlap['step_s'], overlap['save_with_step_s']) > 0
