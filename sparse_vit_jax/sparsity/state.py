@@ -54,8 +54,7 @@ def without_masks(opt_state: Any) -> Any:
     """`opt_state` with the SparseState's masks left out (None): what a checkpoint saves as the
     optimizer state, since it holds the masks once, as their own item (`with_masks` undoes it).
     A dense state passes through."""
-    state = sparse_state(opt_state)
-    return opt_state if state is None else state._replace(masks=None)
+    return with_masks(opt_state, None)
 
 
 def with_masks(opt_state: Any, masks: dict | None) -> Any:
